@@ -1,0 +1,1 @@
+"""Carinho integration hub: a Postgres-only outbox processor."""

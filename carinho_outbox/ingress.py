@@ -1,0 +1,130 @@
+"""Accepting an event: catalog and scope checks, payload validation, one write.
+
+Shared by `POST /events` and the webhooks; it never calls a destination.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from .payloads import PayloadError, validate_payload
+from .store import Store
+
+CATALOG_TTL_S = 30.0
+
+
+class IngressError(Exception):
+    """A refusal with an HTTP-shaped status; nothing was written."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event_id: UUID
+    destinations: list[str]
+    duplicate: bool
+
+
+class Catalog:
+    """Event types and their allowed sources, read from the database and cached briefly."""
+
+    def __init__(self, store: Store, ttl_s: float = CATALOG_TTL_S) -> None:
+        self.store = store
+        self.ttl_s = ttl_s
+        self._types: dict[str, list[str]] = {}
+        self._loaded_at = float("-inf")
+
+    async def types(self) -> dict[str, list[str]]:
+        if time.monotonic() - self._loaded_at > self.ttl_s:
+            self._types = await self.store.event_types()
+            self._loaded_at = time.monotonic()
+        return self._types
+
+
+def resolve_source(
+    event_type: str, allowed: list[str], key_sources: tuple[str, ...], asked: str | None
+) -> str:
+    """Which source the event is recorded under, given the key's scopes (DESIGN.md §3)."""
+    usable = [s for s in key_sources if s in allowed]
+    if asked is not None:
+        if asked not in key_sources:
+            raise IngressError(403, "forbidden", f"this key may not emit as source {asked!r}")
+        if asked not in allowed:
+            raise IngressError(
+                422,
+                "validation_error",
+                f"source {asked!r} may not emit {event_type!r}",
+                [{"path": "source", "message": f"allowed sources: {', '.join(allowed)}"}],
+            )
+        return asked
+    if not usable:
+        raise IngressError(
+            403,
+            "forbidden",
+            f"this key's sources ({', '.join(key_sources) or 'none'}) may not emit {event_type!r}",
+        )
+    if len(usable) > 1:
+        raise IngressError(
+            422,
+            "validation_error",
+            "this key has several sources allowed for this type; name one in 'source'",
+            [{"path": "source", "message": f"one of: {', '.join(usable)}"}],
+        )
+    return usable[0]
+
+
+class Ingress:
+    def __init__(self, store: Store, catalog: Catalog | None = None) -> None:
+        self.store = store
+        self.catalog = catalog or Catalog(store)
+
+    async def accept(
+        self,
+        *,
+        event_type: str,
+        payload: Any,
+        key_sources: tuple[str, ...],
+        source: str | None,
+        client: str | None,
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+        request_id: str | None = None,
+        extra_delay_s: float | None = None,
+    ) -> Accepted:
+        types = await self.catalog.types()
+        allowed = types.get(event_type)
+        if allowed is None:
+            raise IngressError(
+                422,
+                "validation_error",
+                f"unknown event type {event_type!r}",
+                [{"path": "type", "message": f"known types: {', '.join(sorted(types))}"}],
+            )
+        chosen = resolve_source(event_type, allowed, key_sources, source)
+        try:
+            clean = validate_payload(event_type, payload)
+        except PayloadError as exc:
+            raise IngressError(
+                422, "validation_error", "payload does not match the event type", exc.details
+            ) from None
+        event_id, destinations, duplicate = await self.store.ingest_event(
+            type=event_type,
+            source=chosen,
+            payload=clean,
+            idempotency_key=idempotency_key,
+            occurred_at=occurred_at,
+            request_id=request_id,
+            client=client,
+            extra_delay_s=extra_delay_s,
+        )
+        return Accepted(event_id, destinations, duplicate)

@@ -1,0 +1,41 @@
+"""Which destinations this process can deliver to: a plain dict built from settings.
+
+A destination with no configuration gets no adapter, so workers never claim its deliveries:
+they wait, attempts untouched, until it is configured (DESIGN.md §5).
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from .adapters import Adapter
+from .adapters.webhook import WebhookAdapter
+from .jobs import build_job_adapters
+from .settings import RetryPolicy, Settings
+from .store import Store
+
+
+def http_client(settings: Settings, concurrency: int) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.request_timeout_s),
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        follow_redirects=False,
+    )
+
+
+def build_adapters(
+    settings: Settings, client: httpx.AsyncClient, store: Store
+) -> dict[str, Adapter]:
+    adapters: dict[str, Adapter] = dict(build_job_adapters(store, settings))
+    for name, config in settings.destinations.items():
+        if config.configured:
+            adapters[name] = WebhookAdapter(config, client)
+    return adapters
+
+
+def build_policies(settings: Settings) -> dict[str, RetryPolicy]:
+    return {name: config.retry for name, config in settings.destinations.items()}
+
+
+def unconfigured(settings: Settings) -> list[str]:
+    return sorted(n for n, c in settings.destinations.items() if not c.configured)

@@ -1,0 +1,185 @@
+"""Configuration: built once at start from the environment and passed in, never read at import.
+
+Names are the contract of DESIGN.md §6. Every tuning knob has an environment variable so an
+operator (or a test) can shorten it; units are in the names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# HTTP destinations of the catalog. Channels (whatsapp, email) and alert sinks are separate.
+HTTP_DESTINATIONS = ("crm", "operacao", "financeiro", "marketing", "cuidadores", "atendimento")
+
+
+class RetryPolicy(BaseModel):
+    """Exponential backoff with jitter; see retry.py."""
+
+    base_s: float = Field(default=10.0, gt=0)
+    cap_s: float = Field(default=3600.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1)
+    # A Retry-After header may push the next attempt later, but never beyond this.
+    retry_after_cap_s: float = Field(default=6 * 3600.0, gt=0)
+
+
+class DestinationConfig(BaseModel):
+    name: str
+    url: str | None = None
+    token: SecretStr | None = None
+    secret: SecretStr | None = None
+    timeout_s: float = 10.0
+    retry: RetryPolicy = RetryPolicy()
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.url)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    database_url: str | None = None
+    port: int = 8000
+    host: str = "127.0.0.1"
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+    log_level: str = "INFO"
+
+    # Worker tuning.
+    worker_concurrency: int = Field(default=50, ge=1, le=2000)
+    worker_batch_size: int = Field(default=50, ge=1, le=1000)
+    worker_queues: str = "critical,default,low"
+    poll_interval_s: float = Field(default=1.0, gt=0)
+    lease_s: float = Field(default=60.0, gt=0)
+    shutdown_grace_s: float = Field(default=20.0, ge=0)
+    heartbeat_s: float = Field(default=5.0, gt=0)
+    worker_dead_after_s: float = Field(default=30.0, gt=0)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    db_pool_max: int = Field(default=10, ge=1)
+    db_pool_timeout_s: float = Field(default=5.0, gt=0)
+
+    # Retry policy defaults (overridable per destination with DEST_<NAME>_RETRY_BASE_S, ...).
+    retry_base_s: float = Field(default=10.0, gt=0)
+    retry_cap_s: float = Field(default=3600.0, gt=0)
+    max_attempts: int = Field(default=10, ge=1)
+
+    # Ingress.
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    auth_cache_s: float = Field(default=5.0, ge=0)
+    metrics_public: bool = True
+
+    # Z-API, SMTP, site, alerts (DESIGN.md §6).
+    zapi_base_url: str = "https://api.z-api.io"
+    zapi_instance_id: str | None = None
+    zapi_token: SecretStr | None = None
+    zapi_client_token: SecretStr | None = None
+    zapi_webhook_token: SecretStr | None = None
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = True
+    mail_from: str = "Carinho <contato@carinho.com.br>"
+    site_webhook_secret: SecretStr | None = None
+    alert_slack_webhook_url: SecretStr | None = None
+    alert_discord_webhook_url: SecretStr | None = None
+
+    # Retention (the scheduler enqueues the job; a worker runs it).
+    retention_delivered_days: float = Field(default=7.0, ge=0)
+    retention_archived_days: float = Field(default=30.0, ge=0)
+    retention_events_days: float = Field(default=30.0, ge=0)
+    retention_batch: int = Field(default=5000, ge=1)
+    retention_cron: str = "*/10 * * * *"
+
+    sql_dir: Path | None = None
+    pgdata_dir: Path = Path(".pgdata")
+
+    destinations: dict[str, DestinationConfig] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _lease_outlives_requests(self) -> Settings:
+        if self.lease_s <= self.request_timeout_s:
+            raise ValueError(
+                f"LEASE_S ({self.lease_s}) must be longer than REQUEST_TIMEOUT_S "
+                f"({self.request_timeout_s}), or live requests would be rescued and sent twice"
+            )
+        return self
+
+    @property
+    def queues(self) -> list[str]:
+        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
+
+    def default_retry(self) -> RetryPolicy:
+        return RetryPolicy(
+            base_s=self.retry_base_s, cap_s=self.retry_cap_s, max_attempts=self.max_attempts
+        )
+
+
+def _env_float(env: Mapping[str, str], key: str) -> float | None:
+    raw = env.get(key)
+    return float(raw) if raw not in (None, "") else None
+
+
+def destination_from_env(
+    name: str, env: Mapping[str, str], default_retry: RetryPolicy, timeout_s: float
+) -> DestinationConfig:
+    prefix = f"DEST_{name.upper()}_"
+    retry = default_retry.model_copy(
+        update={
+            k: v
+            for k, v in {
+                "base_s": _env_float(env, prefix + "RETRY_BASE_S"),
+                "cap_s": _env_float(env, prefix + "RETRY_CAP_S"),
+                "max_attempts": (
+                    int(env[prefix + "MAX_ATTEMPTS"]) if env.get(prefix + "MAX_ATTEMPTS") else None
+                ),
+            }.items()
+            if v is not None
+        }
+    )
+    token = env.get(prefix + "TOKEN")
+    secret = env.get(prefix + "SECRET")
+    return DestinationConfig(
+        name=name,
+        url=env.get(prefix + "URL") or None,
+        token=SecretStr(token) if token else None,
+        secret=SecretStr(secret) if secret else None,
+        timeout_s=_env_float(env, prefix + "TIMEOUT_S") or timeout_s,
+        retry=retry,
+    )
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Build Settings from `env` (default: os.environ and .env) plus explicit overrides."""
+    source = os.environ if env is None else env
+    fields: dict[str, object] = {
+        name: source[name.upper()]
+        for name in Settings.model_fields
+        if name != "destinations" and name.upper() in source
+    }
+    fields.update(overrides)
+    settings = Settings(**fields)  # type: ignore[arg-type]
+    if "destinations" not in overrides:
+        retry = settings.default_retry()
+        settings.destinations = {
+            name: destination_from_env(name, source, retry, settings.request_timeout_s)
+            for name in HTTP_DESTINATIONS
+        }
+    return settings
+
+
+def sql_dir(settings: Settings | None = None) -> Path:
+    """Where the migrations live: the setting, the installed package, or the source tree."""
+    if settings is not None and settings.sql_dir is not None:
+        return settings.sql_dir
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "sql", here.parent / "sql"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("cannot find the sql/ migrations directory; set SQL_DIR")

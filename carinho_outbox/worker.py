@@ -1,0 +1,333 @@
+"""The worker loop: claim short, dispatch with no transaction open, finish guarded.
+
+One asyncio loop per process. The claimer takes as many due rows as there is free capacity,
+one statement per batch; each job is dispatched in its own task; finished outcomes are written
+by a single flusher in batches (one statement per batch, group-commit style: while one batch
+is being written the next one accumulates). Wake-ups come from LISTEN/NOTIFY, with polling as
+the fallback, so a lost notification costs at most one poll interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Awaitable, Mapping
+from typing import TypeVar
+
+import psycopg
+
+from .adapters import Adapter
+from .mapping import MappingError
+from .records import Job, Outcome, SendResult
+from .rendering import Renderer
+from .retry import decide
+from .settings import RetryPolicy, Settings
+from .store import Store, listen
+
+log = logging.getLogger(__name__)
+
+LISTEN_RETRY_S = 1.0
+FLUSH_RETRY_S = 0.5
+RESCUE_BATCH = 1000
+T = TypeVar("T")
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        adapters: Mapping[str, Adapter],
+        policies: Mapping[str, RetryPolicy],
+        *,
+        dsn: str,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.adapters = dict(adapters)
+        self.policies = dict(policies)
+        self.default_policy = settings.default_retry()
+        self.dsn = dsn
+        self.queues = queues or settings.queues
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.batch_size = min(settings.worker_batch_size, self.concurrency)
+        self.id = worker_id or new_worker_id()
+        self.renderer = Renderer(store)
+        self.in_flight = 0
+        self.processed = 0
+        self.stopping = False
+        self._wake = asyncio.Event()
+        self._outcomes: list[Outcome] = []
+        self._outcomes_ready = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.listening = asyncio.Event()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.store.register_worker(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+        )
+        log.info(
+            "worker started",
+            extra={
+                "action": "worker_started",
+                "worker": self.id,
+                "queues": self.queues,
+                "concurrency": self.concurrency,
+                "destinations": sorted(self.adapters),
+            },
+        )
+        helpers = [
+            asyncio.create_task(self._listen(), name="listen"),
+            asyncio.create_task(self._flush_loop(), name="flush"),
+            asyncio.create_task(self._maintain(), name="maintain"),
+        ]
+        claimer = asyncio.create_task(self._claim_loop(stop), name="claim")
+        try:
+            await stop.wait()
+        finally:
+            self.stopping = True
+            self._wake.set()
+            await self._drain(claimer)
+            for task in helpers:
+                task.cancel()
+            for task in helpers:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._final_flush()
+            released = await self._safe(self.store.release_leases(worker=self.id), 0)
+            await self._safe(self.store.deregister_worker(id=self.id), None)
+            log.info(
+                "worker stopped",
+                extra={
+                    "action": "worker_stopped",
+                    "worker": self.id,
+                    "released": released,
+                    "processed": self.processed,
+                },
+            )
+
+    async def _drain(self, claimer: asyncio.Task[None]) -> None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await claimer
+        if self._tasks:
+            log.info(
+                "draining in-flight deliveries",
+                extra={"action": "draining", "worker": self.id, "in_flight": len(self._tasks)},
+            )
+            _, late = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=1.0)
+
+    async def _safe(self, coro: Awaitable[T], default: T) -> T:
+        try:
+            return await coro
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            log.warning("database call failed during shutdown: %s", type(exc).__name__)
+            return default
+
+    # --- claiming ------------------------------------------------------------------------
+
+    async def _claim_loop(self, stop: asyncio.Event) -> None:
+        destinations = sorted(self.adapters)
+        while not stop.is_set():
+            want = min(self.batch_size, self.concurrency - self.in_flight)
+            if want <= 0:
+                await self._sleep(self.settings.poll_interval_s)
+                continue
+            try:
+                jobs = await self.store.claim(
+                    worker=self.id,
+                    destinations=destinations,
+                    queues=self.queues,
+                    limit=want,
+                    lease_s=self.settings.lease_s,
+                )
+            except (psycopg.Error, OSError) as exc:
+                log.warning(
+                    "claim failed: %s",
+                    type(exc).__name__,
+                    extra={"action": "claim_failed", "worker": self.id},
+                )
+                await self._sleep(self.settings.poll_interval_s)
+                continue
+            if jobs:
+                log.debug("claimed", extra={"action": "claimed", "count": len(jobs)})
+            for job in jobs:
+                self.in_flight += 1
+                task = asyncio.create_task(self._process(job))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            if len(jobs) < want:
+                await self._sleep(self.settings.poll_interval_s)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+        self._wake.clear()
+
+    # --- dispatching ---------------------------------------------------------------------
+
+    async def _process(self, job: Job) -> None:
+        policy = self.policies.get(job.destination, self.default_policy)
+        try:
+            data = await self.renderer.data_for(job)
+        except MappingError as exc:
+            result = SendResult(ok=False, permanent=True, error=f"mapping error: {exc}")
+        except (psycopg.Error, OSError) as exc:
+            result = SendResult(ok=False, error=f"could not load mapping: {type(exc).__name__}")
+        else:
+            try:
+                result = await self.adapters[job.destination].send(job, data)
+            except Exception as exc:  # an adapter bug must not kill the worker or lose the row
+                log.exception("adapter crashed", extra={"action": "adapter_error", "job": job.id})
+                result = SendResult(ok=False, error=f"adapter error: {type(exc).__name__}: {exc}")
+        decision = decide(
+            attempt=job.attempt,
+            max_attempts=job.max_attempts or policy.max_attempts,
+            result=result,
+            policy=policy,
+        )
+        outcome = Outcome(job=job, status=decision.status, result=result, delay_s=decision.delay_s)
+        self._outcomes.append(outcome)
+        self._outcomes_ready.set()
+
+    # --- finishing -----------------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._outcomes_ready.wait()
+            self._outcomes_ready.clear()
+            await self._flush_once()
+
+    async def _flush_once(self) -> bool:
+        batch, self._outcomes = self._outcomes, []
+        if not batch:
+            return True
+        try:
+            kept = await self.store.record_outcomes(worker=self.id, outcomes=batch)
+        except (psycopg.Error, OSError) as exc:
+            # Keep them and try again: if this process dies first, the leases expire and the
+            # deliveries are sent again (at-least-once), never lost.
+            log.warning(
+                "could not record outcomes: %s",
+                type(exc).__name__,
+                extra={"action": "record_failed", "count": len(batch)},
+            )
+            self._outcomes[:0] = batch
+            await asyncio.sleep(FLUSH_RETRY_S)
+            self._outcomes_ready.set()
+            return False
+        for outcome in batch:
+            self._log_outcome(outcome, lease_held=outcome.job.id in kept)
+        self.in_flight -= len(batch)
+        self.processed += len(batch)
+        self._wake.set()
+        return True
+
+    async def _final_flush(self) -> None:
+        deadline = time.monotonic() + 5.0
+        while self._outcomes and time.monotonic() < deadline:
+            await self._flush_once()
+
+    def _log_outcome(self, outcome: Outcome, *, lease_held: bool) -> None:
+        job = outcome.job
+        fields = {
+            "worker": self.id,
+            "delivery_id": job.id,
+            "event_id": str(job.event_id),
+            "destination": job.destination,
+            "attempt": job.attempt,
+            "http_status": outcome.result.http_status,
+            "duration_ms": round(outcome.result.duration_ms, 2),
+        }
+        if not lease_held:
+            log.warning("lease lost; outcome discarded", extra={"action": "lease_lost", **fields})
+        elif outcome.status == "delivered":
+            log.info("delivered", extra={"action": "delivered", **fields})
+        elif outcome.status == "pending":
+            log.info(
+                "retry scheduled",
+                extra={
+                    "action": "retry_scheduled",
+                    "delay_s": round(outcome.delay_s, 3),
+                    "error": outcome.result.error,
+                    **fields,
+                },
+            )
+        else:
+            log.warning(
+                "dead-lettered",
+                extra={"action": "dead_lettered", "error": outcome.result.error, **fields},
+            )
+
+    # --- background duties ---------------------------------------------------------------
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async for queue in listen(self.dsn, on_ready=self._on_listening):
+                    if queue in self.queues or not queue:
+                        self._wake.set()
+            except (psycopg.Error, OSError) as exc:
+                self.listening.clear()
+                log.warning(
+                    "listener lost its connection: %s",
+                    type(exc).__name__,
+                    extra={"action": "listen_failed"},
+                )
+                await asyncio.sleep(LISTEN_RETRY_S)
+
+    def _on_listening(self) -> None:
+        self.listening.set()
+        # A notification may have been missed while (re)connecting.
+        self._wake.set()
+
+    async def _maintain(self) -> None:
+        """Heartbeat, lease extension for live work, and rescue of other workers' dead leases."""
+        default_max = self.default_policy.max_attempts
+        while True:
+            try:
+                await self.store.heartbeat_worker(
+                    id=self.id,
+                    in_flight=self.in_flight,
+                    processed=self.processed,
+                    stopping=self.stopping,
+                )
+                if self.in_flight:
+                    await self.store.extend_leases(worker=self.id, lease_s=self.settings.lease_s)
+                rescued = await self.store.rescue_expired(
+                    worker=self.id, default_max_attempts=default_max, limit=RESCUE_BATCH
+                )
+                if rescued:
+                    log.warning(
+                        "rescued expired leases",
+                        extra={"action": "lease_rescued", "count": len(rescued)},
+                    )
+                    self._wake.set()
+            except (psycopg.Error, OSError) as exc:
+                log.warning(
+                    "maintenance failed: %s",
+                    type(exc).__name__,
+                    extra={"action": "maintain_failed"},
+                )
+            await asyncio.sleep(self.settings.heartbeat_s)

@@ -1,0 +1,99 @@
+"""`carinho-worker`: one worker process (supervision and autoscaling live in supervisor.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from .embedded_pg import resolve_dsn
+from .logs import setup_logging
+from .migrate import MigrationError, ensure_current
+from .registry import build_adapters, build_policies, http_client, unconfigured
+from .settings import Settings, load_settings, sql_dir
+from .store import Store, make_pool
+from .worker import Worker
+
+log = logging.getLogger("carinho_outbox.worker")
+
+
+async def run_worker(
+    settings: Settings,
+    dsn: str,
+    *,
+    queues: list[str] | None = None,
+    concurrency: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    concurrency = concurrency or settings.worker_concurrency
+    stop = stop or asyncio.Event()
+    pool = make_pool(
+        dsn,
+        max_size=min(settings.db_pool_max, 4),
+        timeout_s=settings.db_pool_timeout_s,
+        name="carinho-worker",
+    )
+    await pool.open(wait=True, timeout=settings.db_pool_timeout_s * 3)
+    client = http_client(settings, concurrency)
+    try:
+        store = Store(pool)
+        adapters = build_adapters(settings, client, store)
+        held = unconfigured(settings)
+        if held:
+            log.warning(
+                "destinations not configured; their deliveries wait: %s",
+                ", ".join(held),
+                extra={"action": "destinations_unconfigured", "destinations": held},
+            )
+        worker = Worker(
+            settings,
+            store,
+            adapters,
+            build_policies(settings),
+            dsn=dsn,
+            queues=queues,
+            concurrency=concurrency,
+        )
+        await worker.run(stop)
+    finally:
+        await client.aclose()
+        await pool.close()
+
+
+def _install_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="carinho-worker", description=__doc__)
+    parser.add_argument("--queues", help="comma-separated queues (default WORKER_QUEUES)")
+    parser.add_argument("--concurrency", type=int, help="deliveries in flight per process")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = load_settings()
+    setup_logging(settings.log_format, settings.log_level, "worker")
+    dsn, _server = resolve_dsn(settings.database_url, settings.pgdata_dir)
+    try:
+        ensure_current(dsn, sql_dir(settings))
+    except MigrationError as exc:
+        print(f"carinho-worker: {exc}", file=sys.stderr)
+        sys.exit(2)
+    queues = [q for q in (args.queues or "").split(",") if q] or None
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        _install_signals(stop)
+        await run_worker(settings, dsn, queues=queues, concurrency=args.concurrency, stop=stop)
+
+    asyncio.run(_main())
+
+
+if __name__ == "__main__":
+    main()
