@@ -277,3 +277,50 @@ where id in (
       and not exists (select 1 from deliveries d where d.event_id = e.id)
     limit %(batch)s
 );
+
+-- name: dlq_reprocess
+-- dead → pending, one statement for one id or a whole filter. Attempts restart from zero (the
+-- destination gets its full retry budget again) and the history stays in webhook_deliveries.
+-- With remap, the delivery is re-pinned to the mapping version active now, so a broken mapping
+-- can be fixed and its dead letters replayed.
+with target as (
+    select d.id
+    from deliveries d
+    join events e on e.id = d.event_id
+    where d.status = 'dead'
+      and (%(ids)s::bigint[] is null or d.id = any(%(ids)s::bigint[]))
+      and (%(event_type)s::text is null or e.type = %(event_type)s::text)
+      and (%(destination)s::text is null or d.destination = %(destination)s::text)
+      and (%(since)s::timestamptz is null or d.dead_at >= %(since)s::timestamptz)
+      and (%(until)s::timestamptz is null or d.dead_at < %(until)s::timestamptz)
+      and (%(error)s::text is null or d.last_error ilike '%%' || %(error)s::text || '%%')
+    order by d.id
+    limit %(limit)s
+    for update of d skip locked
+)
+update deliveries d
+set status = 'pending',
+    attempts = 0,
+    available_at = now(),
+    finished_at = null,
+    dead_at = null,
+    reprocessed = d.reprocessed + 1,
+    mapping_version = case when %(remap)s then coalesce(
+        (select m.version from event_mappings m join events e on e.id = d.event_id
+          where m.event_type = e.type and m.destination = d.destination and m.is_active),
+        d.mapping_version) else d.mapping_version end,
+    updated_at = now()
+from target
+where d.id = target.id
+returning d.id, d.destination, d.queue, d.mapping_version;
+
+-- name: dlq_archive
+-- dead → archived: kept for the record, out of the DLQ counts, removed by retention later.
+update deliveries
+set status = 'archived', archived_at = now(), updated_at = now()
+where status = 'dead'
+  and (%(ids)s::bigint[] is null or id = any(%(ids)s::bigint[]))
+returning id;
+
+-- name: notify_queues
+select pg_notify('carinho_outbox', q) from unnest(%(queues)s::text[]) as q;

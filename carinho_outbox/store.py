@@ -251,6 +251,42 @@ class Store:
         }[what]
         return await self._execute(name, {"older_than_s": older_than_s, "batch": batch})
 
+    # --- dead-letter transitions ---------------------------------------------------------
+
+    async def reprocess_dead(
+        self,
+        *,
+        ids: Sequence[int] | None = None,
+        event_type: str | None = None,
+        destination: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        error: str | None = None,
+        remap: bool = False,
+        limit: int = 10_000,
+    ) -> list[dict[str, Any]]:
+        """dead → pending for one id, a list, or a filter; wakes the workers."""
+        rows = await self._fetchall(
+            "dlq_reprocess",
+            {
+                "ids": list(ids) if ids is not None else None,
+                "event_type": event_type,
+                "destination": destination,
+                "since": since,
+                "until": until,
+                "error": error,
+                "remap": remap,
+                "limit": limit,
+            },
+        )
+        if rows:
+            await self._fetchall("notify_queues", {"queues": sorted({r["queue"] for r in rows})})
+        return rows
+
+    async def archive_dead(self, *, ids: Sequence[int]) -> list[int]:
+        rows = await self._fetchall("dlq_archive", {"ids": list(ids)})
+        return [r["id"] for r in rows]
+
     # --- keys ----------------------------------------------------------------------------
 
     async def auth_key(self, *, key_hash: str) -> dict[str, Any] | None:

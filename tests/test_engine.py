@@ -328,3 +328,41 @@ async def test_payload_is_sent_as_stored(
     assert (
         req.headers["webhook-id"] == f"dlv_{db.execute('select id from deliveries').fetchone()[0]}"
     )
+
+
+async def test_dead_letter_reprocess_and_archive_transitions(
+    dsn: str, store: Store, db: psycopg.Connection, receiver: Receiver
+) -> None:
+    """dead → pending (reprocess, full attempt budget, history kept) and dead → archived."""
+    fail = {"on": True}
+    receiver.script = lambda _r, _n: Reply(status=422 if fail["on"] else 200)
+    settings = make_settings(**dest_env(receiver, ("crm",)))
+    await ingest(store, "invoice.created", PAYLOADS["invoice.created"], "financeiro")
+    await ingest(store, "payment.failed", PAYLOADS["payment.failed"], "financeiro")
+    async with running_worker(settings, store, dsn):
+        await eventually(lambda: statuses(db).get("dead") == 2)
+        assert db.execute("select count(*) from dead_letter where status = 'dead'").fetchone() == (
+            2,
+        )
+        fail["on"] = False
+        inv_id = db.execute(
+            "select id from dead_letter where event_type = 'invoice.created'"
+        ).fetchone()[0]
+        rows = await store.reprocess_dead(ids=[inv_id])
+        assert [r["id"] for r in rows] == [inv_id]
+        await eventually(lambda: statuses(db).get("delivered") == 1)
+    assert db.execute(
+        "select attempts, reprocessed, status from deliveries where id = %s", (inv_id,)
+    ).fetchone() == (1, 1, "delivered")
+    outcomes = [
+        r[0]
+        for r in db.execute(
+            "select outcome from webhook_deliveries where delivery_id = %s order by id", (inv_id,)
+        )
+    ]
+    assert outcomes == ["dead", "delivered"]
+    assert await store.reprocess_dead(ids=[inv_id]) == []  # not dead any more: no-op
+    archived = await store.archive_dead(ids=[r[0] for r in db.execute("select id from deliveries")])
+    assert len(archived) == 1
+    assert statuses(db) == {"delivered": 1, "archived": 1}
+    assert db.execute("select count(*) from dead_letter where status = 'dead'").fetchone() == (0,)
