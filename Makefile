@@ -24,6 +24,10 @@ lint: install
 test: install lint
 	$(BIN)/python -m pytest -q
 
+# The whole stack with local stand-in receivers and a day of events (carinho_outbox/demo.py).
+demo: install
+	$(BIN)/python -m carinho_outbox.demo
+
 bench: install
 	$(BIN)/python -m carinho_outbox.bench
 

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import keys as keymod
+from . import mappings_cli, ops_cli
 from .embedded_pg import resolve_dsn
 from .logs import setup_logging
 from .migrate import MigrationError, migrate
@@ -130,12 +131,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("dev", help="run web + worker + scheduler together (make run)")
     dev.add_argument("--no-scheduler", action="store_true")
+    mappings_cli.add_parsers(sub)
+    ops_cli.add_parser(sub)
     return parser
 
 
 COMMANDS: dict[str, Callable[[Settings, str, argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "keys": cmd_keys,
+    **mappings_cli.COMMANDS,
+    "dlq": ops_cli.cmd_dlq,
 }
 
 

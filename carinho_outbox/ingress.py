@@ -6,11 +6,13 @@ Shared by `POST /events` and the webhooks; it never calls a destination.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from .leads import LeadIngest, LeadMatch, LeadPlan
 from .payloads import PayloadError, validate_payload
 from .store import Store
 
@@ -36,19 +38,34 @@ class Accepted:
 
 
 class Catalog:
-    """Event types and their allowed sources, read from the database and cached briefly."""
+    """Event types, their allowed sources and ordering-key paths, read from the database and
+    cached briefly."""
 
     def __init__(self, store: Store, ttl_s: float = CATALOG_TTL_S) -> None:
         self.store = store
         self.ttl_s = ttl_s
-        self._types: dict[str, list[str]] = {}
+        self._types: dict[str, tuple[list[str], list[str]]] = {}
         self._loaded_at = float("-inf")
 
-    async def types(self) -> dict[str, list[str]]:
+    async def entries(self) -> dict[str, tuple[list[str], list[str]]]:
         if time.monotonic() - self._loaded_at > self.ttl_s:
-            self._types = await self.store.event_types()
+            self._types = await self.store.event_catalog()
             self._loaded_at = time.monotonic()
         return self._types
+
+    async def types(self) -> dict[str, list[str]]:
+        return {t: sources for t, (sources, _) in (await self.entries()).items()}
+
+
+def ordering_key(paths: list[str], payload: dict[str, Any]) -> str | None:
+    """`<field>:<value>` of the first path present: deliveries sharing it go out in order."""
+    for path in paths:
+        value: Any = payload
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value not in (None, ""):
+            return f"{path}:{value}"
+    return None
 
 
 def resolve_source(
@@ -101,15 +118,16 @@ class Ingress:
         request_id: str | None = None,
         extra_delay_s: float | None = None,
     ) -> Accepted:
-        types = await self.catalog.types()
-        allowed = types.get(event_type)
-        if allowed is None:
+        entries = await self.catalog.entries()
+        entry = entries.get(event_type)
+        if entry is None:
             raise IngressError(
                 422,
                 "validation_error",
                 f"unknown event type {event_type!r}",
-                [{"path": "type", "message": f"known types: {', '.join(sorted(types))}"}],
+                [{"path": "type", "message": f"known types: {', '.join(sorted(entries))}"}],
             )
+        allowed, ordering_paths = entry
         chosen = resolve_source(event_type, allowed, key_sources, source)
         try:
             clean = validate_payload(event_type, payload)
@@ -125,6 +143,52 @@ class Ingress:
             occurred_at=occurred_at,
             request_id=request_id,
             client=client,
+            ordering_key=ordering_key(ordering_paths, clean),
             extra_delay_s=extra_delay_s,
         )
         return Accepted(event_id, destinations, duplicate)
+
+    async def accept_with_leads(
+        self,
+        *,
+        emits: Sequence[tuple[str, str]],
+        match: LeadMatch,
+        dedupe: tuple[str, str],
+        plan: Callable[[list[dict[str, Any]]], LeadPlan],
+        client: str | None,
+        request_id: str | None = None,
+    ) -> LeadIngest:
+        """The webhooks' acceptance: events that depend on the `leads` table (lead.created vs
+        lead.updated, a WhatsApp sender's first message) are planned inside the store's
+        transaction, after the contact is locked and its lead read, and written with the lead
+        row in that same transaction. `emits` lists every (type, source) the plan may write;
+        they are checked against the catalog before anything is locked.
+        """
+        entries = await self.catalog.entries()
+        for event_type, source in emits:
+            entry = entries.get(event_type)
+            if entry is None:  # the migrations put it there: a broken deployment
+                raise RuntimeError(f"{event_type!r} is missing from the event catalog")
+            resolve_source(event_type, entry[0], (source,), source)
+
+        def planned(rows: list[dict[str, Any]]) -> LeadPlan:
+            decided = plan(rows)
+            for ev in decided.events:
+                if (ev.type, ev.source) not in emits:  # a planner bug, not bad input
+                    raise RuntimeError(f"plan wrote undeclared {ev.type} from {ev.source}")
+            return replace(
+                decided,
+                events=tuple(
+                    replace(ev, ordering_key=ordering_key(entries[ev.type][1], ev.payload))
+                    for ev in decided.events
+                ),
+            )
+
+        try:
+            return await self.store.ingest_with_leads(
+                match=match, dedupe=dedupe, plan=planned, request_id=request_id, client=client
+            )
+        except PayloadError as exc:
+            raise IngressError(
+                422, "validation_error", "payload does not match the event type", exc.details
+            ) from None

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import alerts
 from .records import Job, SendResult
 from .settings import Settings
 from .store import Store
@@ -39,7 +40,7 @@ async def retention(store: Store, settings: Settings, payload: dict[str, Any]) -
     return removed
 
 
-JOBS: dict[str, JobFn] = {"retention": retention}
+JOBS: dict[str, JobFn] = {"retention": retention, "alerts": alerts.run}
 
 
 class JobAdapter:

@@ -14,10 +14,16 @@ with ev as (
     returning id, type
 ), dl as (
     insert into deliveries (event_id, destination, queue, priority, available_at, mapping_version,
-                            ordering_key)
+                            ordering_key, due)
     select ev.id, r.destination, r.queue, r.priority,
            now() + make_interval(secs => r.delay_s + coalesce(%(extra_delay_s)s, 0)),
-           m.version, %(ordering_key)s
+           m.version, %(ordering_key)s,
+           -- Due now unless delayed or queued behind an unfinished delivery with the same key.
+           r.delay_s + coalesce(%(extra_delay_s)s, 0) <= 0
+           and (%(ordering_key)s::text is null or not exists (
+                select 1 from deliveries p
+                where p.destination = r.destination and p.ordering_key = %(ordering_key)s::text
+                  and p.status in ('pending', 'running')))
     from ev
     join routes r on r.event_type = ev.type and r.enabled
     left join event_mappings m
@@ -43,21 +49,50 @@ where e.source = %(source)s and e.idempotency_key = %(idempotency_key)s
 group by e.id;
 
 -- name: claim_deliveries
--- Claim short: pick due rows by priority with SKIP LOCKED (no waiting on other workers, no
--- advisory locks), take a lease and bump the attempt counter in the same statement, and bring
--- the event along so dispatch needs no further query. The attempt number is the fence every
--- outcome write is guarded by. Rows of destinations not in the list (unconfigured, paused)
--- are never touched, so they keep their attempts.
-with picked as (
-    select id
-    from deliveries
-    where status = 'pending'
-      and available_at <= now()
-      and destination = any(%(destinations)s)
-      and queue = any(%(queues)s)
-    order by priority, available_at, id
+-- Claim short: due rows by priority with SKIP LOCKED (no waiting on other workers, no
+-- advisory locks), plus a few rows that waited longer than max_wait_s whatever their priority
+-- (no starvation). The same statement takes the lease, bumps the attempt counter (the fence
+-- every outcome write is guarded by) and brings the event along, so dispatch needs no further
+-- query. Only due rows are in the index, so waiting retries, paused destinations and blocked
+-- keys are never scanned. Destinations not in the list (unconfigured, paused, capped) are not
+-- touched and keep their attempts. The NOT EXISTS closes the race of two deliveries of one key
+-- both committed as due.
+with aged as (
+    select d.id
+    from deliveries d
+    where d.status = 'pending' and d.due
+      and d.available_at <= now() - make_interval(secs => %(max_wait_s)s)
+      and d.destination = any(%(destinations)s)
+      and d.queue = any(%(queues)s)
+      and (d.ordering_key is null or not exists (
+           select 1 from deliveries p
+           where p.destination = d.destination and p.ordering_key = d.ordering_key
+             and p.id < d.id and p.status in ('pending', 'running')))
+    order by d.available_at, d.id
+    limit %(aged_limit)s
+    for update skip locked
+), ranked as (
+    select d.id
+    from deliveries d
+    where d.status = 'pending' and d.due
+      and d.available_at <= now()
+      and d.destination = any(%(destinations)s)
+      and d.queue = any(%(queues)s)
+      and (d.ordering_key is null or not exists (
+           select 1 from deliveries p
+           where p.destination = d.destination and p.ordering_key = d.ordering_key
+             and p.id < d.id and p.status in ('pending', 'running')))
+    order by d.priority, d.available_at, d.id
     limit %(limit)s
     for update skip locked
+), picked as (
+    select id from (
+        select id, 0 as pass from aged
+        union all
+        select id, 1 from ranked where id not in (select id from aged)
+    ) both_passes
+    order by pass
+    limit %(limit)s
 ), claimed as (
     update deliveries d
     set status = 'running',
@@ -68,11 +103,168 @@ with picked as (
     from picked, events e
     where d.id = picked.id and e.id = d.event_id
     returning d.id, d.event_id, d.destination, d.attempts, d.max_attempts, d.mapping_version,
-              d.queue, d.priority, d.available_at, e.type, e.source, e.payload, e.occurred_at,
-              e.received_at
+              d.queue, d.priority, d.available_at, d.ordering_key, e.type, e.source, e.payload,
+              e.occurred_at, e.received_at
 )
 -- UPDATE … RETURNING has no order; hand the batch over in claim order.
 select * from claimed order by priority, available_at, id;
+
+-- name: claim_destination
+-- The guarded path for one destination (a concurrency cap, a rate limit, or a circuit probe):
+-- run inside a transaction that holds the destination_state row lock, so concurrent workers
+-- see each other's claims. A probe may take a row that is not due (its circuit deferred it).
+with picked as (
+    select d.id
+    from deliveries d
+    where d.status = 'pending' and d.destination = %(destination)s
+      and (d.due or %(probe)s)
+      and d.available_at <= case when %(probe)s then 'infinity'::timestamptz else now() end
+      and d.queue = any(%(queues)s)
+      and (d.ordering_key is null or not exists (
+           select 1 from deliveries p
+           where p.destination = d.destination and p.ordering_key = d.ordering_key
+             and p.id < d.id and p.status in ('pending', 'running')))
+    order by d.priority, d.available_at, d.id
+    limit %(limit)s
+    for update skip locked
+), claimed as (
+    update deliveries d
+    set status = 'running',
+        due = true,
+        attempts = d.attempts + 1,
+        locked_by = %(worker)s,
+        locked_until = now() + make_interval(secs => %(lease_s)s),
+        updated_at = now()
+    from picked, events e
+    where d.id = picked.id and e.id = d.event_id
+    returning d.id, d.event_id, d.destination, d.attempts, d.max_attempts, d.mapping_version,
+              d.queue, d.priority, d.available_at, d.ordering_key, e.type, e.source, e.payload,
+              e.occurred_at, e.received_at
+)
+select * from claimed order by priority, available_at, id;
+
+-- name: lock_destination
+select destination, state, tokens, extract(epoch from now() - tokens_at) as tokens_age_s
+from destination_state
+where destination = %(destination)s
+for update;
+
+-- name: count_running_destination
+-- A separate statement after the row lock: under READ COMMITTED it gets a fresh snapshot that
+-- sees the claims other workers committed while we waited (a subquery of the locking
+-- statement would not).
+select count(*) as running from deliveries
+where destination = %(destination)s and status = 'running';
+
+-- name: save_destination_tokens
+update destination_state set tokens = %(tokens)s, tokens_at = now()
+where destination = %(destination)s;
+
+-- name: ensure_destination_states
+insert into destination_state (destination)
+select unnest(%(destinations)s::text[])
+on conflict (destination) do nothing;
+
+-- name: destination_states
+select destination, state, consecutive_failures, paused_until, opened_at, probe_until,
+       last_success_at, last_failure_at, last_error,
+       coalesce(paused_until <= now(), true) as pause_over
+from destination_state
+order by destination;
+
+-- name: take_probe
+-- One worker wins the half-open probe of a destination whose pause is over.
+update destination_state
+set state = 'half_open', probe_until = now() + make_interval(secs => %(lease_s)s),
+    updated_at = now()
+where destination = %(destination)s
+  and ((state = 'open' and paused_until <= now())
+       or (state = 'half_open' and probe_until < now()))
+returning destination;
+
+-- name: record_breakers
+-- After a batch: any success closes a destination's circuit; only transient failures (timeouts,
+-- connection errors, 5xx, 429…) count towards opening it; a failed probe re-opens it.
+with u as (
+    select *
+    from unnest(%(destinations)s::text[], %(oks)s::int[], %(fails)s::int[], %(errors)s::text[])
+         as u(destination, ok, fail, error)
+), prev as (
+    select s.destination, s.state
+    from destination_state s join u using (destination)
+    for update of s
+), upd as (
+    update destination_state s
+    set consecutive_failures = case when u.ok > 0 then 0 else s.consecutive_failures + u.fail end,
+        last_success_at = case when u.ok > 0 then now() else s.last_success_at end,
+        last_failure_at = case when u.fail > 0 then now() else s.last_failure_at end,
+        last_error = case when u.fail > 0 then u.error else s.last_error end,
+        state = case
+            when u.ok > 0 then 'closed'
+            when u.fail > 0 and (s.state = 'half_open'
+                                 or s.consecutive_failures + u.fail >= %(threshold)s) then 'open'
+            else s.state end,
+        paused_until = case
+            when u.ok > 0 then null
+            when u.fail > 0 and (s.state = 'half_open'
+                                 or (s.state = 'closed'
+                                     and s.consecutive_failures + u.fail >= %(threshold)s))
+                then now() + make_interval(secs => %(pause_s)s)
+            else s.paused_until end,
+        opened_at = case
+            when u.ok > 0 then null
+            when s.state = 'closed' and u.fail > 0
+                 and s.consecutive_failures + u.fail >= %(threshold)s then now()
+            else s.opened_at end,
+        probe_until = case when u.ok > 0 or u.fail > 0 then null else s.probe_until end,
+        updated_at = now()
+    from u
+    where s.destination = u.destination
+    returning s.destination, s.state, s.paused_until
+)
+select upd.destination, prev.state as before, upd.state as after, upd.paused_until
+from upd join prev using (destination)
+where prev.state is distinct from upd.state;
+
+-- name: defer_paused
+-- Take a paused destination's due rows out of the claim index until its pause is over.
+with target as (
+    select d.id, s.paused_until
+    from deliveries d
+    join destination_state s on s.destination = d.destination
+    where s.state <> 'closed' and d.status = 'pending' and d.due
+      and d.destination = any(%(destinations)s)
+    limit %(limit)s
+    for update of d skip locked
+)
+update deliveries d
+set due = false, available_at = greatest(d.available_at, coalesce(target.paused_until, now()))
+from target
+where d.id = target.id;
+
+-- name: promote_due
+-- Waiting rows whose time has come, whose key has no unfinished predecessor, and whose
+-- destination's circuit is closed become due (claimable).
+with target as (
+    select d.id
+    from deliveries d
+    where d.status = 'pending' and not d.due and d.available_at <= now()
+      and (d.ordering_key is null or not exists (
+           select 1 from deliveries p
+           where p.destination = d.destination and p.ordering_key = d.ordering_key
+             and p.id < d.id and p.status in ('pending', 'running')))
+      and not exists (
+           select 1 from destination_state s
+           where s.destination = d.destination and s.state <> 'closed')
+    order by d.available_at, d.id
+    limit %(limit)s
+    for update skip locked
+)
+update deliveries d
+set due = true
+from target
+where d.id = target.id
+returning d.queue;
 
 -- name: record_outcomes
 -- Finish guarded: one statement records a whole batch of outcomes. A row is only updated while
@@ -93,6 +285,8 @@ with u as (
         available_at = case when u.status = 'pending'
                             then now() + make_interval(secs => u.delay_s)
                             else d.available_at end,
+        -- A retry waits out its backoff off the claim index; the promoter brings it back.
+        due = u.status <> 'pending' or u.delay_s <= 0,
         locked_by = null,
         locked_until = null,
         last_error = u.error,
@@ -134,6 +328,7 @@ with expired as (
                       then 'dead' else 'pending' end,
         last_error = 'lease expired: worker ' || d.locked_by || ' stopped answering',
         available_at = now(),
+        due = true,
         finished_at = case when d.attempts >= coalesce(d.max_attempts, %(default_max_attempts)s)
                            then now() end,
         dead_at = case when d.attempts >= coalesce(d.max_attempts, %(default_max_attempts)s)
@@ -160,7 +355,7 @@ where status = 'running' and locked_by = %(worker)s;
 with upd as (
     update deliveries
     set status = 'pending', attempts = greatest(attempts - 1, 0), locked_by = null,
-        locked_until = null, available_at = now(), updated_at = now()
+        locked_until = null, available_at = now(), due = true, updated_at = now()
     where status = 'running' and locked_by = %(worker)s
     returning id, attempts, destination
 ), ins as (
@@ -193,7 +388,7 @@ from workers
 order by started_at;
 
 -- name: list_event_types
-select type, sources from event_types order by type;
+select type, sources, ordering_paths from event_types order by type;
 
 -- name: list_routes
 select event_type, destination, queue, priority, delay_s, enabled
@@ -302,6 +497,7 @@ update deliveries d
 set status = 'pending',
     attempts = 0,
     available_at = now(),
+    due = true,
     finished_at = null,
     dead_at = null,
     reprocessed = d.reprocessed + 1,
@@ -324,3 +520,596 @@ returning id;
 
 -- name: notify_queues
 select pg_notify('carinho_outbox', q) from unnest(%(queues)s::text[]) as q;
+
+-- ============================================================================== mappings
+-- Versioned mappings and the editable routing table (issue 4). Versions are immutable (a
+-- trigger from 0007 refuses changes to anything but is_active, and deletes); "one active
+-- version per pair" is a constraint checked at the end of each statement, so switching the
+-- active version is a single UPDATE over the pair's rows.
+
+-- name: mapping_pairs
+-- Every pair that has a mapping or a route (a routed pair without a mapping is sent as is).
+with m as (
+    select event_type, destination,
+           max(version) filter (where is_active) as active_version,
+           max(version) as latest_version,
+           count(*) as versions,
+           max(created_at) as last_saved_at
+    from event_mappings
+    group by event_type, destination
+)
+select coalesce(m.event_type, r.event_type) as event_type,
+       coalesce(m.destination, r.destination) as destination,
+       m.active_version, m.latest_version, coalesce(m.versions, 0) as versions,
+       m.last_saved_at, r.enabled as route_enabled
+from m
+full join routes r on r.event_type = m.event_type and r.destination = m.destination
+where %(event_type)s::text is null or coalesce(m.event_type, r.event_type) = %(event_type)s::text
+order by 1, 2;
+
+-- name: mapping_pair_known
+select exists (select 1 from routes
+               where event_type = %(event_type)s and destination = %(destination)s)
+    or exists (select 1 from event_mappings
+               where event_type = %(event_type)s and destination = %(destination)s) as known;
+
+-- name: mapping_versions
+select version, is_active, spec, created_at, created_by, note
+from event_mappings
+where event_type = %(event_type)s and destination = %(destination)s
+order by version;
+
+-- name: mapping_version
+select version, is_active, spec, created_at, created_by, note
+from event_mappings
+where event_type = %(event_type)s and destination = %(destination)s and version = %(version)s;
+
+-- name: mapping_activation_log
+select version, previous_version, action, activated_by, activated_at
+from mapping_activations
+where event_type = %(event_type)s and destination = %(destination)s
+order by id desc
+limit %(limit)s;
+
+-- name: mapping_save
+-- Version = max + 1, computed in the statement: two concurrent saves for one pair collide on
+-- the primary key and the store retries the loser with a fresh max. With activate, the old
+-- active version is switched off in the same statement (the one-active constraint is checked
+-- at its end, so the order in which the two rows change does not matter).
+with cur as (
+    select coalesce(max(version), 0) + 1 as version,
+           max(version) filter (where is_active) as active_version
+    from event_mappings
+    where event_type = %(event_type)s and destination = %(destination)s
+), switched_off as (
+    update event_mappings m
+    set is_active = false
+    where %(activate)s and m.is_active
+      and m.event_type = %(event_type)s and m.destination = %(destination)s
+    returning m.version
+), ins as (
+    insert into event_mappings (event_type, destination, version, spec, is_active, created_by,
+                                note)
+    select %(event_type)s, %(destination)s, cur.version, %(spec)s, %(activate)s, %(actor)s,
+           %(note)s
+    from cur
+    returning version, is_active, created_at
+), logged as (
+    insert into mapping_activations (event_type, destination, version, previous_version, action,
+                                     activated_by)
+    select %(event_type)s, %(destination)s, ins.version, cur.active_version, 'save', %(actor)s
+    from ins, cur
+    where %(activate)s
+)
+select ins.version, ins.is_active, ins.created_at, cur.active_version as previous_version
+from ins, cur;
+
+-- name: mapping_activate
+-- Activate a version, or roll back (version null: the highest version below the active one),
+-- and log it: one statement. Only rows whose flag changes are written.
+with active as (
+    select max(version) filter (where is_active) as version
+    from event_mappings
+    where event_type = %(event_type)s and destination = %(destination)s
+), target as (
+    select m.version
+    from event_mappings m, active
+    where m.event_type = %(event_type)s and m.destination = %(destination)s
+      and m.version = coalesce(
+            %(version)s::int,
+            (select max(p.version) from event_mappings p
+              where p.event_type = %(event_type)s and p.destination = %(destination)s
+                and p.version < active.version))
+), flipped as (
+    update event_mappings m
+    set is_active = (m.version = target.version)
+    from target
+    where m.event_type = %(event_type)s and m.destination = %(destination)s
+      and (m.is_active or m.version = target.version)
+      and m.is_active is distinct from (m.version = target.version)
+    returning m.version
+), logged as (
+    insert into mapping_activations (event_type, destination, version, previous_version, action,
+                                     activated_by)
+    select %(event_type)s, %(destination)s, target.version, active.version, %(action)s,
+           %(actor)s
+    from target, active
+    where active.version is distinct from target.version
+)
+select target.version, active.version as previous_version,
+       (select count(*) from flipped) as changed
+from target, active;
+
+-- name: mapping_preview_event
+-- The stored event and, when it was routed to this destination, the version its delivery is
+-- pinned to (what a retry would send).
+select e.id, e.type, e.source, e.payload, e.occurred_at, e.received_at,
+       d.id as delivery_id, d.mapping_version, d.status as delivery_status
+from events e
+left join lateral (
+    select id, mapping_version, status from deliveries
+    where event_id = e.id and destination = %(destination)s
+    order by id desc
+    limit 1
+) d on true
+where e.id = %(event_id)s;
+
+-- name: known_destinations
+select destination from routes
+union
+select destination from event_mappings
+order by 1;
+
+-- name: route_get
+select event_type, destination, queue, priority, delay_s, enabled
+from routes
+where event_type = %(event_type)s and destination = %(destination)s;
+
+-- name: route_set
+-- Upsert one route; a null field keeps its value (a new route takes the column default). The
+-- actor is set transaction-local in the same statement, before the row is written (the insert
+-- reads from that CTE), so the history trigger of 0007 records who made the change.
+with actor as (
+    select set_config('carinho.actor', %(actor)s, true) as who
+)
+insert into routes as r (event_type, destination, queue, priority, delay_s, enabled)
+select %(event_type)s, %(destination)s, coalesce(%(queue)s::text, 'default'),
+       coalesce(%(priority)s::smallint, 100), coalesce(%(delay_s)s::int, 0),
+       coalesce(%(enabled)s::boolean, true)
+from actor
+on conflict (event_type, destination) do update
+set queue = coalesce(%(queue)s::text, r.queue),
+    priority = coalesce(%(priority)s::smallint, r.priority),
+    delay_s = coalesce(%(delay_s)s::int, r.delay_s),
+    enabled = coalesce(%(enabled)s::boolean, r.enabled)
+returning r.event_type, r.destination, r.queue, r.priority, r.delay_s, r.enabled,
+          (r.xmax = 0) as created;
+
+-- name: route_history
+select id, event_type, destination, op, old_row, new_row, changed_by, changed_at
+from routes_history
+where (%(event_type)s::text is null or event_type = %(event_type)s::text)
+  and (%(destination)s::text is null or destination = %(destination)s::text)
+order by id desc
+limit %(limit)s;
+
+-- ===================================================================================
+-- Operating it (issue 6): health, /status, the DLQ API, metrics gauges, alerts, dashboard.
+-- Every statement here reads through the partial indexes of sql/0006 (or of 0001): its cost
+-- follows the live backlog or a bounded time window, never the number of finished rows.
+-- ===================================================================================
+
+-- name: ops_applied_migrations
+select version, checksum from schema_migrations order by version;
+
+-- name: ops_destinations
+-- Per destination: held/pending count, the oldest due pending row, the last success (one
+-- backward probe of deliveries_delivered_dest) and the dead count. The destination list is
+-- the routes plus the configured names, so a destination without traffic still shows.
+with dest as (
+    select unnest(%(destinations)s::text[]) as destination
+    union
+    select destination from routes
+)
+select dest.destination,
+       (select count(*) from deliveries d
+         where d.status = 'pending' and d.destination = dest.destination) as pending,
+       (select d.available_at from deliveries d
+         where d.status = 'pending' and d.destination = dest.destination
+           and d.available_at <= now()
+         order by d.available_at limit 1) as oldest_due,
+       (select d.finished_at from deliveries d
+         where d.status = 'delivered' and d.destination = dest.destination
+         order by d.finished_at desc limit 1) as last_success,
+       (select count(*) from deliveries d
+         where d.status = 'dead' and d.destination = dest.destination) as dead
+from dest
+order by dest.destination;
+
+-- name: ops_status_counts
+-- Open states in full (each arm is its own partial index: a single `status in (…)` could
+-- not use them), delivered only over the last hour (range on deliveries_finished).
+select s.status, e.type as event_type, s.destination, count(*) as count
+from (
+    select 'pending' as status, event_id, destination from deliveries
+     where status = 'pending' and attempts = 0
+    union all
+    select 'retrying', event_id, destination from deliveries
+     where status = 'pending' and attempts > 0
+    union all
+    select 'running', event_id, destination from deliveries where status = 'running'
+    union all
+    select 'dead', event_id, destination from deliveries where status = 'dead'
+    union all
+    select 'delivered_1h', event_id, destination from deliveries
+     where status = 'delivered' and finished_at >= now() - interval '1 hour'
+) s
+join events e on e.id = s.event_id
+group by 1, 2, 3
+order by 1, 2, 3;
+
+-- name: ops_throughput
+-- One pass over each time-bounded index range (last hour), counted into four windows.
+select r.*, dl.*, f.*
+from (
+    select count(*) filter (where received_at >= now() - interval '1 minute') as received_1m,
+           count(*) filter (where received_at >= now() - interval '5 minutes') as received_5m,
+           count(*) filter (where received_at >= now() - interval '15 minutes') as received_15m,
+           count(*) as received_60m
+    from events where received_at >= now() - interval '60 minutes'
+) r, (
+    select count(*) filter (where finished_at >= now() - interval '1 minute') as delivered_1m,
+           count(*) filter (where finished_at >= now() - interval '5 minutes') as delivered_5m,
+           count(*) filter (where finished_at >= now() - interval '15 minutes') as delivered_15m,
+           count(*) as delivered_60m
+    from deliveries where status = 'delivered' and finished_at >= now() - interval '60 minutes'
+) dl, (
+    select count(*) filter (where created_at >= now() - interval '1 minute') as failed_1m,
+           count(*) filter (where created_at >= now() - interval '5 minutes') as failed_5m,
+           count(*) filter (where created_at >= now() - interval '15 minutes') as failed_15m,
+           count(*) as failed_60m
+    from webhook_deliveries
+    where outcome in ('retry', 'dead') and created_at >= now() - interval '60 minutes'
+) f;
+
+-- name: ops_retry_figures
+select destination, attempts, count(*) as count
+from deliveries
+where status = 'pending' and attempts > 0
+group by destination, attempts
+order by destination, attempts;
+
+-- name: ops_lag
+-- Received → delivered over the last 15 minutes, from the most recent deliveries only (a
+-- bounded sample keeps this cheap at any rate). created_at is the event's received_at: both
+-- come from now() of the one ingest statement.
+select count(*) as samples,
+       percentile_cont(0.5) within group (order by lag_s) as p50_s,
+       percentile_cont(0.95) within group (order by lag_s) as p95_s
+from (
+    select extract(epoch from finished_at - created_at)::float8 as lag_s
+    from deliveries
+    where status = 'delivered' and finished_at >= now() - make_interval(secs => %(window_s)s)
+    order by finished_at desc
+    limit %(sample)s
+) s;
+
+-- name: ops_queue_depth
+select queue, count(*) as pending, count(*) filter (where available_at <= now()) as due
+from deliveries
+where status = 'pending'
+group by queue
+order by queue;
+
+-- name: ops_state_gauges
+-- The DB gauges of /metrics, one partial index per arm.
+select 'pending' as state, destination, count(*) as count
+  from deliveries where status = 'pending' group by destination
+union all
+select 'retrying', destination, count(*)
+  from deliveries where status = 'pending' and attempts > 0 group by destination
+union all
+select 'running', destination, count(*)
+  from deliveries where status = 'running' group by destination
+union all
+select 'dead', destination, count(*)
+  from deliveries where status = 'dead' group by destination;
+
+-- name: ops_series
+-- Per-minute received / delivered / failed over the last hour for the dashboard charts.
+with m as (
+    select generate_series(date_trunc('minute', now()) - interval '59 minutes',
+                           date_trunc('minute', now()), interval '1 minute') as minute
+), r as (
+    select date_trunc('minute', received_at) as minute, count(*) as n from events
+     where received_at >= date_trunc('minute', now()) - interval '59 minutes' group by 1
+), dl as (
+    select date_trunc('minute', finished_at) as minute, count(*) as n from deliveries
+     where status = 'delivered'
+       and finished_at >= date_trunc('minute', now()) - interval '59 minutes'
+     group by 1
+), f as (
+    select date_trunc('minute', created_at) as minute, count(*) as n from webhook_deliveries
+     where outcome in ('retry', 'dead')
+       and created_at >= date_trunc('minute', now()) - interval '59 minutes'
+     group by 1
+)
+select m.minute, coalesce(r.n, 0) as received, coalesce(dl.n, 0) as delivered,
+       coalesce(f.n, 0) as failed
+from m
+left join r on r.minute = m.minute
+left join dl on dl.minute = m.minute
+left join f on f.minute = m.minute
+order by m.minute;
+
+-- name: ops_retry_list
+select id, event_id, event_type, destination, queue, attempts, max_attempts, available_at,
+       last_error, last_status
+from retry_queue
+order by available_at, id
+limit %(limit)s;
+
+-- name: dlq_list
+-- Newest first, keyset-paginated on (dead_at, id), the key of deliveries_dead. The error
+-- filter is a LIKE pattern the caller has already escaped, so `%%` and `_` typed by an
+-- operator match themselves (same filter as dlq_reprocess).
+select d.id, d.event_id, e.type as event_type, e.source, d.destination, d.attempts,
+       d.last_error, d.last_status, d.dead_at, d.reprocessed, d.mapping_version, e.received_at
+from deliveries d
+join events e on e.id = d.event_id
+where d.status = 'dead'
+  and (%(event_type)s::text is null or e.type = %(event_type)s::text)
+  and (%(destination)s::text is null or d.destination = %(destination)s::text)
+  and (%(since)s::timestamptz is null or d.dead_at >= %(since)s::timestamptz)
+  and (%(until)s::timestamptz is null or d.dead_at < %(until)s::timestamptz)
+  and (%(error)s::text is null or d.last_error ilike '%%' || %(error)s::text || '%%')
+  and (%(after_dead_at)s::timestamptz is null
+       or (d.dead_at, d.id) < (%(after_dead_at)s::timestamptz, %(after_id)s::bigint))
+order by d.dead_at desc, d.id desc
+limit %(limit)s;
+
+-- name: dlq_get
+select id, event_id, event_type, source, destination, status, attempts, last_error,
+       last_status, last_response, dead_at, archived_at, reprocessed, mapping_version,
+       received_at
+from dead_letter
+where id = %(id)s;
+
+-- name: dlq_attempts
+select attempt, destination, outcome, response_status, duration_ms, error, request_summary,
+       response_body, worker, lease_lost, created_at
+from webhook_deliveries
+where delivery_id = %(id)s
+order by id;
+
+-- name: dlq_stats
+-- The event type by a correlated probe of the events primary key per dead row: a join would
+-- let the planner hash the whole events table to label a few thousand dead letters.
+select s.event_type, s.destination, count(*) as count,
+       min(s.dead_at) as oldest_dead_at, max(s.dead_at) as newest_dead_at
+from (
+    select d.destination, d.dead_at,
+           (select e.type from events e where e.id = d.event_id) as event_type
+    from deliveries d
+    where d.status = 'dead'
+) s
+group by 1, 2
+order by 1, 2;
+
+-- name: dlq_top_errors
+-- Dead letters in a window with their most common errors (the alert and /dlq/stats).
+select coalesce(left(last_error, 200), '(no error text)') as error, count(*) as count
+from deliveries
+where status = 'dead'
+  and dead_at >= %(since)s::timestamptz and dead_at < %(until)s::timestamptz
+group by 1
+order by 2 desc, 1
+limit %(limit)s;
+
+-- name: alert_dead_count
+select count(*) as count
+from deliveries
+where status = 'dead'
+  and dead_at >= %(since)s::timestamptz and dead_at < %(until)s::timestamptz;
+
+-- name: alert_oldest_pending
+-- Oldest due pending row among the given (configured) destinations: one index probe each.
+select min(p.available_at) as oldest_due
+from unnest(%(destinations)s::text[]) as dest(name)
+cross join lateral (
+    select d.available_at from deliveries d
+    where d.status = 'pending' and d.destination = dest.name and d.available_at <= now()
+    order by d.available_at
+    limit 1
+) p;
+
+-- name: alert_live_queues
+select distinct unnest(queues) as queue
+from workers
+where last_seen_at >= now() - make_interval(secs => %(alive_within_s)s) and not stopping;
+
+-- name: alert_states
+select key, firing, since, last_sent_at, details from alert_state;
+
+-- name: alert_state_save
+insert into alert_state (key, firing, since, last_sent_at, details, updated_at)
+values (%(key)s, %(firing)s, %(since)s, %(last_sent_at)s, %(details)s, now())
+on conflict (key) do update
+set firing = excluded.firing, since = excluded.since, last_sent_at = excluded.last_sent_at,
+    details = excluded.details, updated_at = now();
+
+-- name: alert_enqueue
+-- An alert.raised event with deliveries only to the alert sinks that are configured (an
+-- unconfigured sink would otherwise hold rows forever). The idempotency key makes a retried
+-- alerts run for the same slot send nothing twice.
+with ev as (
+    insert into events (type, source, payload, idempotency_key, client)
+    values ('alert.raised', 'hub', %(payload)s, %(idempotency_key)s, 'carinho-alerts')
+    on conflict (source, idempotency_key) do nothing
+    returning id, type
+), dl as (
+    insert into deliveries (event_id, destination, queue, priority)
+    select ev.id, r.destination, r.queue, r.priority
+    from ev
+    join routes r on r.event_type = ev.type and r.enabled
+    where r.destination = any(%(destinations)s::text[])
+    returning destination, queue
+)
+select (select id from ev) as event_id,
+       coalesce((select array_agg(destination order by destination) from dl), '{}') as destinations,
+       (select count(*) from (select pg_notify('carinho_outbox', queue)
+                                from (select distinct queue from dl) q) n) as notified;
+
+-- name: lookup_events_by_phone
+select id, type, source, received_at from events
+where payload ? 'phone' and payload ->> 'phone' = %(phone)s
+order by received_at desc
+limit %(limit)s;
+
+-- name: lookup_events_by_email
+select id, type, source, received_at from events
+where payload ? 'email' and lower(payload ->> 'email') = lower(%(email)s)
+order by received_at desc
+limit %(limit)s;
+
+-- =====================================================================================
+-- Ingress (issue 3): leads de-duplication, WhatsApp channel statuses, rate limits.
+-- =====================================================================================
+
+-- name: lock_lead_keys
+-- Transaction-scoped advisory locks on the contact (phone, e-mail, raw WhatsApp ids) and the
+-- idempotency key, taken in one fixed order so two writers cannot deadlock. Writers that could
+-- touch the same lead always share a key and take turns; the two-int form keeps this lock
+-- space (class 0x4c454144, "LEAD") apart from the single-bigint migration lock.
+select count(*) as locked
+from (
+    select pg_advisory_xact_lock(1279607108, h)
+    from (select distinct hashtext(k) as h from unnest(%(keys)s::text[]) as k order by 1) s
+) l;
+
+-- name: lead_event_by_idempotency
+select e.id as event_id, e.type, e.payload ->> 'lead_id' as lead_id,
+       coalesce(array_agg(d.destination order by d.destination)
+                filter (where d.destination is not null), '{}') as destinations
+from events e
+left join deliveries d on d.event_id = e.id
+where e.source = %(source)s and e.idempotency_key = %(idempotency_key)s
+group by e.id;
+
+-- name: match_leads
+-- Every lead the submission could be: a BitmapOr over the four partial indexes. FOR UPDATE,
+-- because a writer that matched the same row through a different key (phone vs e-mail) holds
+-- no common advisory lock and must wait here, then plan from the row as the other one left it.
+select id, lead_id, name, phone, phone_raw, whatsapp_lid, email, consent, source,
+       first_touch, last_touch, touches
+from leads
+where phone = %(phone)s
+   or email = %(email)s
+   or phone_raw = any(%(raw_ids)s::text[])
+   or whatsapp_lid = any(%(raw_ids)s::text[])
+order by id
+limit 20
+for update;
+
+-- name: insert_lead
+insert into leads (lead_id, name, phone, phone_raw, whatsapp_lid, email, consent, source,
+                   first_touch, last_touch, touches)
+values (%(lead_id)s, %(name)s, %(phone)s, %(phone_raw)s, %(whatsapp_lid)s, %(email)s,
+        %(consent)s, %(source)s, %(first_touch)s, %(last_touch)s, %(touches)s)
+returning id;
+
+-- name: update_lead
+-- first_touch and source are never rewritten: they are the first-touch attribution.
+update leads
+set name = %(name)s, phone = %(phone)s, phone_raw = %(phone_raw)s,
+    whatsapp_lid = %(whatsapp_lid)s, email = %(email)s, consent = %(consent)s,
+    last_touch = %(last_touch)s, touches = %(touches)s, updated_at = now()
+where id = %(id)s
+returning id;
+
+-- name: channel_status_update
+-- One Z-API status or delivery callback: move the WhatsApp status of the deliveries that sent
+-- these message ids forward (never back: see channel_status_rank), and park the ids no
+-- delivery carries yet (the worker may not have flushed the send's outcome). The outbox status
+-- is not touched: a delivery Z-API accepted stays 'delivered' even when WhatsApp later fails.
+with upd as (
+    update deliveries d
+    set channel_status = %(status)s,
+        channel_status_at = %(status_at)s,
+        channel_error = coalesce(%(error)s, d.channel_error)
+    where d.external_id = any(%(ids)s::text[])
+      and (d.channel_status is null
+           or channel_status_rank(%(status)s) > channel_status_rank(d.channel_status))
+    returning d.external_id
+), parked as (
+    insert into channel_status_inbox (external_id, status, status_at, error)
+    select i, %(status)s, %(status_at)s, %(error)s
+    from unnest(%(ids)s::text[]) as i
+    where not exists (select 1 from deliveries d where d.external_id = i)
+    on conflict (external_id) do update
+    set status = excluded.status, status_at = excluded.status_at,
+        error = coalesce(excluded.error, channel_status_inbox.error)
+    where channel_status_rank(excluded.status) > channel_status_rank(channel_status_inbox.status)
+    returning external_id
+)
+select (select count(*) from upd) as updated, (select count(*) from parked) as parked;
+
+-- name: reconcile_channel_statuses
+-- Fold parked statuses into deliveries whose external_id has appeared since, and drop parked
+-- rows that matched or are older than keep_s (statuses of messages the hub never sent).
+with batch as (
+    select external_id, status, status_at, error, received_at
+    from channel_status_inbox
+    order by received_at
+    limit %(batch)s
+    for update skip locked
+), applied as (
+    update deliveries d
+    set channel_status = b.status, channel_status_at = b.status_at,
+        channel_error = coalesce(b.error, d.channel_error)
+    from batch b
+    where d.external_id = b.external_id
+      and (d.channel_status is null
+           or channel_status_rank(b.status) > channel_status_rank(d.channel_status))
+    returning b.external_id
+), gone as (
+    delete from channel_status_inbox i
+    using batch b
+    where i.external_id = b.external_id
+      and (exists (select 1 from deliveries d where d.external_id = b.external_id)
+           or b.received_at < now() - make_interval(secs => %(keep_s)s))
+    returning i.external_id
+)
+select (select count(*) from applied) as applied, (select count(*) from gone) as removed;
+
+-- name: take_token
+-- The rate limiter: one statement per request. A token bucket refilled from the time elapsed
+-- since the last write (token_level: tokens + rate × seconds, capped at burst); a request takes
+-- one token when there is one. A refused request leaves tokens and updated_at alone (it took
+-- nothing), so the refill stays exact. `level` is what is left after this request. Concurrent
+-- requests for one bucket queue on its row lock for the few microseconds of this update.
+insert into rate_limits as r (bucket, tokens, updated_at, full_at, allowed)
+values (%(bucket)s, %(burst)s::float8 - 1, now(),
+        now() + make_interval(secs => 1 / %(rate)s::float8), true)
+on conflict (bucket) do update
+set allowed = token_level(r.tokens, r.updated_at, now(), %(rate)s, %(burst)s) >= 1,
+    tokens = case when token_level(r.tokens, r.updated_at, now(), %(rate)s, %(burst)s) >= 1
+                  then token_level(r.tokens, r.updated_at, now(), %(rate)s, %(burst)s) - 1
+                  else r.tokens end,
+    updated_at = case when token_level(r.tokens, r.updated_at, now(), %(rate)s, %(burst)s) >= 1
+                      then now() else r.updated_at end,
+    full_at = case when token_level(r.tokens, r.updated_at, now(), %(rate)s, %(burst)s) >= 1
+                   then now() + make_interval(secs => (%(burst)s::float8 + 1
+                        - token_level(r.tokens, r.updated_at, now(), %(rate)s, %(burst)s))
+                        / %(rate)s::float8)
+                   else r.full_at end
+returning allowed, token_level(tokens, updated_at, now(), %(rate)s, %(burst)s) as level;
+
+-- name: prune_rate_limits
+-- A bucket that has refilled completely behaves exactly like a missing one.
+delete from rate_limits
+where bucket in (select bucket from rate_limits where full_at < now() limit %(batch)s);
+
+-- name: ops_circuits
+-- The engine's circuit breakers (sql/0008); the caller copes with the table not existing.
+select destination, state from destination_state;

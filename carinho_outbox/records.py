@@ -26,6 +26,7 @@ class Job:
     payload: dict[str, Any]
     occurred_at: datetime
     received_at: datetime
+    ordering_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import httpx
 
 from .adapters import Adapter
+from .adapters.chat import build_chat_adapters
 from .adapters.webhook import WebhookAdapter
 from .jobs import build_job_adapters
 from .settings import RetryPolicy, Settings
@@ -30,6 +31,16 @@ def build_adapters(
     for name, config in settings.destinations.items():
         if config.configured:
             adapters[name] = WebhookAdapter(config, client)
+    # Operator alerts (issue 6): Slack / Discord incoming webhooks, when their URL is set.
+    slack, discord = settings.alert_slack_webhook_url, settings.alert_discord_webhook_url
+    adapters.update(
+        build_chat_adapters(
+            slack.get_secret_value() if slack else None,
+            discord.get_secret_value() if discord else None,
+            client,
+            settings.request_timeout_s,
+        )
+    )
     return adapters
 
 

@@ -36,7 +36,10 @@ class Periodic:
 
 
 def periodic_jobs(settings: Settings) -> list[Periodic]:
-    return [Periodic("retention", settings.retention_cron)]
+    return [
+        Periodic("retention", settings.retention_cron),
+        Periodic("alerts", settings.alerts_cron),
+    ]
 
 
 def slot_key(name: str, slot: datetime) -> str:

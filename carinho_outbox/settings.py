@@ -34,6 +34,13 @@ class DestinationConfig(BaseModel):
     secret: SecretStr | None = None
     timeout_s: float = 10.0
     retry: RetryPolicy = RetryPolicy()
+    # In-flight cap across all workers and deliveries-per-second limit (None: unlimited).
+    max_in_flight: int | None = Field(default=None, ge=1)
+    rate_per_s: float | None = Field(default=None, gt=0)
+
+    @property
+    def guarded(self) -> bool:
+        return self.max_in_flight is not None or self.rate_per_s is not None
 
     @property
     def configured(self) -> bool:
@@ -64,6 +71,12 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     db_pool_timeout_s: float = Field(default=5.0, gt=0)
 
+    # Per-destination protection.
+    breaker_threshold: int = Field(default=5, ge=1)
+    breaker_pause_s: float = Field(default=30.0, gt=0)
+    # A due delivery waiting longer than this is served before higher priorities (no starvation).
+    max_wait_s: float = Field(default=300.0, gt=0)
+
     # Retry policy defaults (overridable per destination with DEST_<NAME>_RETRY_BASE_S, ...).
     retry_base_s: float = Field(default=10.0, gt=0)
     retry_cap_s: float = Field(default=3600.0, gt=0)
@@ -73,6 +86,21 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     auth_cache_s: float = Field(default=5.0, ge=0)
     metrics_public: bool = True
+
+    # Rate limits (issue 3): token buckets shared by all web processes through Postgres.
+    # A key's own rate_per_s/burst (keys create --rate/--burst) wins; 0 disables a limit.
+    rate_limit_per_s: float = Field(default=100.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=0)
+    # Per client address on the public webhooks, checked before any authentication. Z-API
+    # posts every customer's message from a handful of addresses, so its limit is far higher.
+    rate_limit_ip_per_s: float = Field(default=10.0, ge=0)
+    rate_limit_ip_burst: int = Field(default=30, ge=0)
+    rate_limit_whatsapp_ip_per_s: float = Field(default=200.0, ge=0)
+    rate_limit_whatsapp_ip_burst: int = Field(default=1000, ge=0)
+    # Optional HMAC-SHA256 of the raw body, for a proxy in front of the WhatsApp webhook that
+    # signs what it forwards (Z-API itself does not sign).
+    zapi_webhook_hmac_secret: SecretStr | None = None
+    zapi_webhook_hmac_header: str = "X-Webhook-Signature"
 
     # Z-API, SMTP, site, alerts (DESIGN.md §6).
     zapi_base_url: str = "https://api.z-api.io"
@@ -89,6 +117,19 @@ class Settings(BaseSettings):
     site_webhook_secret: SecretStr | None = None
     alert_slack_webhook_url: SecretStr | None = None
     alert_discord_webhook_url: SecretStr | None = None
+
+    # Operating it (issue 6): alert rules, the dashboard session.
+    alerts_cron: str = "* * * * *"
+    alert_pending_age_s: float = Field(default=600.0, gt=0)
+    alert_cooldown_s: float = Field(default=3600.0, ge=0)
+    # A dead-letter incident is resolved after this long without a new dead letter.
+    alert_dlq_quiet_s: float = Field(default=300.0, ge=0)
+    alert_hub_name: str = "carinho-hub"
+    # Unset: a random secret per process (sessions then do not survive a restart and do not
+    # work across several web processes; set it in production).
+    session_secret: SecretStr | None = None
+    session_ttl_s: float = Field(default=8 * 3600.0, gt=0)
+    dashboard_refresh_s: float = Field(default=10.0, ge=1)
 
     # Retention (the scheduler enqueues the job; a worker runs it).
     retention_delivered_days: float = Field(default=7.0, ge=0)
@@ -143,6 +184,8 @@ def destination_from_env(
             if v is not None
         }
     )
+    cap = env.get(prefix + "MAX_IN_FLIGHT")
+    rate = _env_float(env, prefix + "RATE_PER_S")
     token = env.get(prefix + "TOKEN")
     secret = env.get(prefix + "SECRET")
     return DestinationConfig(
@@ -152,6 +195,8 @@ def destination_from_env(
         secret=SecretStr(secret) if secret else None,
         timeout_s=_env_float(env, prefix + "TIMEOUT_S") or timeout_s,
         retry=retry,
+        max_in_flight=int(cap) if cap else None,
+        rate_per_s=rate,
     )
 
 

@@ -13,6 +13,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from .leads import LeadIngest, LeadMatch, LeadPlan, LeadRow, WrittenEvent, lock_keys
 from .queries import q
 from .records import Job, Outcome
 
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 # Attempt rows keep a bounded slice of what the destination answered.
 RESPONSE_KEEP_CHARS = 2000
+# Concurrent edits of one mapping pair: how many times the losing statement is run again.
+PAIR_RACE_ATTEMPTS = 5
 
 
 def _clip(text: str | None, limit: int = RESPONSE_KEEP_CHARS) -> str | None:
@@ -63,6 +66,24 @@ async def listen(dsn: str, on_ready: Callable[[], None]) -> AsyncIterator[str]:
         on_ready()
         async for notify in conn.notifies():
             yield notify.payload
+
+
+def _job(r: dict[str, Any]) -> Job:
+    return Job(
+        id=r["id"],
+        event_id=r["event_id"],
+        destination=r["destination"],
+        attempt=r["attempts"],
+        max_attempts=r["max_attempts"],
+        mapping_version=r["mapping_version"],
+        queue=r["queue"],
+        type=r["type"],
+        source=r["source"],
+        payload=r["payload"],
+        occurred_at=r["occurred_at"],
+        received_at=r["received_at"],
+        ordering_key=r["ordering_key"],
+    )
 
 
 class Store:
@@ -127,6 +148,11 @@ class Store:
         rows = await self._fetchall("list_event_types", {})
         return {r["type"]: list(r["sources"]) for r in rows}
 
+    async def event_catalog(self) -> dict[str, tuple[list[str], list[str]]]:
+        """type → (allowed sources, ordering key paths)."""
+        rows = await self._fetchall("list_event_types", {})
+        return {r["type"]: (list(r["sources"]), list(r["ordering_paths"])) for r in rows}
+
     async def routes(self) -> list[dict[str, Any]]:
         return await self._fetchall("list_routes", {})
 
@@ -140,6 +166,7 @@ class Store:
         queues: Sequence[str],
         limit: int,
         lease_s: float,
+        max_wait_s: float = 300.0,
     ) -> list[Job]:
         rows = await self._fetchall(
             "claim_deliveries",
@@ -148,26 +175,111 @@ class Store:
                 "destinations": list(destinations),
                 "queues": list(queues),
                 "limit": limit,
+                "aged_limit": max(1, limit // 4),
+                "max_wait_s": max_wait_s,
                 "lease_s": lease_s,
             },
         )
-        return [
-            Job(
-                id=r["id"],
-                event_id=r["event_id"],
-                destination=r["destination"],
-                attempt=r["attempts"],
-                max_attempts=r["max_attempts"],
-                mapping_version=r["mapping_version"],
-                queue=r["queue"],
-                type=r["type"],
-                source=r["source"],
-                payload=r["payload"],
-                occurred_at=r["occurred_at"],
-                received_at=r["received_at"],
+        return [_job(r) for r in rows]
+
+    async def claim_destination(
+        self,
+        *,
+        worker: str,
+        destination: str,
+        queues: Sequence[str],
+        want: int,
+        lease_s: float,
+        max_in_flight: int | None,
+        rate_per_s: float | None,
+        probe: bool = False,
+    ) -> list[Job]:
+        """Claim for one destination under its cap and rate limit, serialised across workers by
+        the destination_state row lock (one short transaction)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(q("lock_destination"), {"destination": destination})
+            state = await cur.fetchone()
+            if state is None:
+                return []
+            allowed = want
+            if max_in_flight is not None:
+                await cur.execute(q("count_running_destination"), {"destination": destination})
+                counted = await cur.fetchone()
+                allowed = min(allowed, max_in_flight - int(counted["running"] if counted else 0))
+            tokens: float | None = None
+            if rate_per_s is not None:
+                burst = max(1.0, rate_per_s)
+                age = float(state["tokens_age_s"]) if state["tokens_age_s"] is not None else 1e9
+                previous = state["tokens"] if state["tokens"] is not None else burst
+                tokens = min(burst, previous + age * rate_per_s)
+                allowed = min(allowed, int(tokens))
+            if allowed <= 0:
+                if tokens is not None:
+                    await cur.execute(
+                        q("save_destination_tokens"), {"destination": destination, "tokens": tokens}
+                    )
+                return []
+            await cur.execute(
+                q("claim_destination"),
+                {
+                    "worker": worker,
+                    "destination": destination,
+                    "queues": list(queues),
+                    "limit": allowed,
+                    "lease_s": lease_s,
+                    "probe": probe,
+                },
             )
-            for r in rows
-        ]
+            rows = await cur.fetchall()
+            if tokens is not None:
+                await cur.execute(
+                    q("save_destination_tokens"),
+                    {"destination": destination, "tokens": tokens - len(rows)},
+                )
+            return [_job(r) for r in rows]
+
+    async def ensure_destination_states(self, destinations: Sequence[str]) -> None:
+        await self._execute("ensure_destination_states", {"destinations": list(destinations)})
+
+    async def destination_states(self) -> list[dict[str, Any]]:
+        return await self._fetchall("destination_states", {})
+
+    async def take_probe(self, *, destination: str, lease_s: float) -> bool:
+        row = await self._fetchone("take_probe", {"destination": destination, "lease_s": lease_s})
+        return row is not None
+
+    async def record_breakers(
+        self,
+        *,
+        tallies: dict[str, tuple[int, int, str | None]],
+        threshold: int,
+        pause_s: float,
+    ) -> list[dict[str, Any]]:
+        """tallies: destination → (successes, transient failures, last error). Returns the
+        destinations whose circuit changed state."""
+        names = sorted(tallies)
+        return await self._fetchall(
+            "record_breakers",
+            {
+                "destinations": names,
+                "oks": [tallies[n][0] for n in names],
+                "fails": [tallies[n][1] for n in names],
+                "errors": [tallies[n][2] for n in names],
+                "threshold": threshold,
+                "pause_s": pause_s,
+            },
+        )
+
+    async def defer_paused(self, *, destinations: Sequence[str], limit: int = 10_000) -> int:
+        return await self._execute(
+            "defer_paused", {"destinations": list(destinations), "limit": limit}
+        )
+
+    async def promote_due(self, *, limit: int = 5000) -> list[str]:
+        """Make waiting rows due; returns the queues that got new work."""
+        rows = await self._fetchall("promote_due", {"limit": limit})
+        return sorted({r["queue"] for r in rows})
 
     async def record_outcomes(self, *, worker: str, outcomes: Sequence[Outcome]) -> set[int]:
         """Write a batch of outcomes; returns the ids whose lease still held (the rest lost it)."""
@@ -315,3 +427,414 @@ class Store:
         event["deliveries"] = await self._fetchall("get_event_deliveries", {"event_id": event_id})
         event["attempts"] = await self._fetchall("get_event_attempts", {"event_id": event_id})
         return event
+
+    # --- mappings and routes (issue 4) ---------------------------------------------------
+
+    async def mapping_pairs(self, *, event_type: str | None = None) -> list[dict[str, Any]]:
+        return await self._fetchall("mapping_pairs", {"event_type": event_type})
+
+    async def mapping_pair_known(self, *, event_type: str, destination: str) -> bool:
+        row = await self._fetchone(
+            "mapping_pair_known", {"event_type": event_type, "destination": destination}
+        )
+        return bool(row and row["known"])
+
+    async def mapping_versions(self, *, event_type: str, destination: str) -> list[dict[str, Any]]:
+        return await self._fetchall(
+            "mapping_versions", {"event_type": event_type, "destination": destination}
+        )
+
+    async def mapping_version(
+        self, *, event_type: str, destination: str, version: int
+    ) -> dict[str, Any] | None:
+        return await self._fetchone(
+            "mapping_version",
+            {"event_type": event_type, "destination": destination, "version": version},
+        )
+
+    async def mapping_activation_log(
+        self, *, event_type: str, destination: str, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        return await self._fetchall(
+            "mapping_activation_log",
+            {"event_type": event_type, "destination": destination, "limit": limit},
+        )
+
+    async def save_mapping(
+        self,
+        *,
+        event_type: str,
+        destination: str,
+        spec: dict[str, Any],
+        activate: bool,
+        actor: str,
+        note: str | None,
+    ) -> dict[str, Any]:
+        """Insert version max+1 (the caller validated ``spec``); optionally make it active."""
+        params = {
+            "event_type": event_type,
+            "destination": destination,
+            "spec": Jsonb(spec),
+            "activate": activate,
+            "actor": actor,
+            "note": note,
+        }
+        row = await self._retry_pair_race("mapping_save", params)
+        assert row is not None  # the insert always returns its row
+        return row
+
+    async def activate_mapping(
+        self, *, event_type: str, destination: str, version: int | None, actor: str
+    ) -> dict[str, Any] | None:
+        """Make ``version`` the active one (None: roll back to the highest version below the
+        active one). None when there is no such version."""
+        return await self._retry_pair_race(
+            "mapping_activate",
+            {
+                "event_type": event_type,
+                "destination": destination,
+                "version": version,
+                "action": "activate" if version is not None else "rollback",
+                "actor": actor,
+            },
+        )
+
+    async def _retry_pair_race(self, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        # Two operators changing one pair at the same moment: the loser hits the primary key
+        # (same max+1) or the one-active constraint; run it again on a fresh snapshot.
+        for attempt in range(PAIR_RACE_ATTEMPTS):
+            try:
+                return await self._fetchone(name, params)
+            except (psycopg.errors.UniqueViolation, psycopg.errors.ExclusionViolation):
+                if attempt == PAIR_RACE_ATTEMPTS - 1:
+                    raise
+        return None  # pragma: no cover - the loop always returns or raises
+
+    async def mapping_preview_event(
+        self, *, event_id: UUID, destination: str
+    ) -> dict[str, Any] | None:
+        return await self._fetchone(
+            "mapping_preview_event", {"event_id": event_id, "destination": destination}
+        )
+
+    async def known_destinations(self) -> list[str]:
+        return [r["destination"] for r in await self._fetchall("known_destinations", {})]
+
+    async def route(self, *, event_type: str, destination: str) -> dict[str, Any] | None:
+        return await self._fetchone(
+            "route_get", {"event_type": event_type, "destination": destination}
+        )
+
+    async def set_route(
+        self,
+        *,
+        event_type: str,
+        destination: str,
+        actor: str,
+        queue: str | None = None,
+        priority: int | None = None,
+        delay_s: int | None = None,
+        enabled: bool | None = None,
+    ) -> dict[str, Any]:
+        """Upsert a route (None keeps a field); the history trigger records ``actor``."""
+        row = await self._fetchone(
+            "route_set",
+            {
+                "event_type": event_type,
+                "destination": destination,
+                "actor": actor,
+                "queue": queue,
+                "priority": priority,
+                "delay_s": delay_s,
+                "enabled": enabled,
+            },
+        )
+        assert row is not None  # an upsert always returns its row
+        return row
+
+    async def route_history(
+        self, *, event_type: str | None = None, destination: str | None = None, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        return await self._fetchall(
+            "route_history",
+            {"event_type": event_type, "destination": destination, "limit": limit},
+        )
+
+    # --- operating it: health, status, DLQ, metrics, alerts, dashboard (issue 6) ---------
+
+    async def applied_migrations(self) -> dict[int, str]:
+        rows = await self._fetchall("ops_applied_migrations", {})
+        return {r["version"]: r["checksum"] for r in rows}
+
+    async def ops_destinations(self, *, destinations: Sequence[str]) -> list[dict[str, Any]]:
+        return await self._fetchall("ops_destinations", {"destinations": list(destinations)})
+
+    async def ops_status_counts(self) -> list[dict[str, Any]]:
+        return await self._fetchall("ops_status_counts", {})
+
+    async def ops_throughput(self) -> dict[str, Any]:
+        row = await self._fetchone("ops_throughput", {})
+        assert row is not None  # aggregates always return one row
+        return row
+
+    async def ops_retry_figures(self) -> list[dict[str, Any]]:
+        return await self._fetchall("ops_retry_figures", {})
+
+    async def ops_lag(self, *, window_s: float, sample: int) -> dict[str, Any]:
+        row = await self._fetchone("ops_lag", {"window_s": window_s, "sample": sample})
+        assert row is not None
+        return row
+
+    async def ops_queue_depth(self) -> list[dict[str, Any]]:
+        return await self._fetchall("ops_queue_depth", {})
+
+    async def ops_state_gauges(self) -> list[dict[str, Any]]:
+        return await self._fetchall("ops_state_gauges", {})
+
+    async def ops_series(self) -> list[dict[str, Any]]:
+        return await self._fetchall("ops_series", {})
+
+    async def ops_retry_list(self, *, limit: int) -> list[dict[str, Any]]:
+        return await self._fetchall("ops_retry_list", {"limit": limit})
+
+    async def dlq_list(
+        self,
+        *,
+        event_type: str | None,
+        destination: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        error: str | None,
+        after: tuple[datetime, int] | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        return await self._fetchall(
+            "dlq_list",
+            {
+                "event_type": event_type,
+                "destination": destination,
+                "since": since,
+                "until": until,
+                "error": error,
+                "after_dead_at": after[0] if after else None,
+                "after_id": after[1] if after else None,
+                "limit": limit,
+            },
+        )
+
+    async def dlq_get(self, *, id: int) -> dict[str, Any] | None:
+        row = await self._fetchone("dlq_get", {"id": id})
+        if row is not None:
+            row["attempts_log"] = await self._fetchall("dlq_attempts", {"id": id})
+        return row
+
+    async def dlq_stats(self) -> list[dict[str, Any]]:
+        return await self._fetchall("dlq_stats", {})
+
+    async def dlq_top_errors(
+        self, *, since: datetime, until: datetime, limit: int
+    ) -> list[dict[str, Any]]:
+        return await self._fetchall(
+            "dlq_top_errors", {"since": since, "until": until, "limit": limit}
+        )
+
+    async def alert_dead_count(self, *, since: datetime, until: datetime) -> int:
+        row = await self._fetchone("alert_dead_count", {"since": since, "until": until})
+        return int(row["count"]) if row else 0
+
+    async def alert_oldest_pending(self, *, destinations: Sequence[str]) -> datetime | None:
+        row = await self._fetchone("alert_oldest_pending", {"destinations": list(destinations)})
+        return row["oldest_due"] if row else None
+
+    async def alert_live_queues(self, *, alive_within_s: float) -> set[str]:
+        rows = await self._fetchall("alert_live_queues", {"alive_within_s": alive_within_s})
+        return {r["queue"] for r in rows}
+
+    async def alert_states(self) -> dict[str, dict[str, Any]]:
+        return {r["key"]: r for r in await self._fetchall("alert_states", {})}
+
+    async def alert_state_save(
+        self,
+        *,
+        key: str,
+        firing: bool,
+        since: datetime | None,
+        last_sent_at: datetime | None,
+        details: dict[str, Any],
+    ) -> None:
+        await self._execute(
+            "alert_state_save",
+            {
+                "key": key,
+                "firing": firing,
+                "since": since,
+                "last_sent_at": last_sent_at,
+                "details": Jsonb(details),
+            },
+        )
+
+    async def alert_enqueue(
+        self, *, payload: dict[str, Any], idempotency_key: str, destinations: Sequence[str]
+    ) -> tuple[UUID | None, list[str]]:
+        """Write an alert.raised event for the given sinks; (None, []) when already written."""
+        row = await self._fetchone(
+            "alert_enqueue",
+            {
+                "payload": Jsonb(payload),
+                "idempotency_key": idempotency_key,
+                "destinations": list(destinations),
+            },
+        )
+        if row is None or row["event_id"] is None:
+            return None, []
+        return row["event_id"], list(row["destinations"])
+
+    async def lookup_events(
+        self, *, phone: str | None = None, email: str | None = None, limit: int = 20
+    ) -> list[dict[str, Any]]:
+        if phone is not None:
+            return await self._fetchall("lookup_events_by_phone", {"phone": phone, "limit": limit})
+        if email is not None:
+            return await self._fetchall("lookup_events_by_email", {"email": email, "limit": limit})
+        return []
+
+    async def ops_circuits(self) -> dict[str, str]:
+        rows = await self._fetchall("ops_circuits", {})
+        return {r["destination"]: r["state"] for r in rows}
+
+    # --- ingress: leads, WhatsApp channel statuses, rate limits (issue 3) ------------------
+
+    async def ingest_with_leads(
+        self,
+        *,
+        match: LeadMatch,
+        dedupe: tuple[str, str],
+        plan: Callable[[list[dict[str, Any]]], LeadPlan],
+        request_id: str | None,
+        client: str | None,
+    ) -> LeadIngest:
+        """Lock the contact, match its lead, write what `plan` decides: one transaction.
+
+        `dedupe` is (source, idempotency key) of the request's main event: when it exists the
+        first write is returned and nothing is written. An exception from `plan` (a rejected
+        request) rolls everything back.
+        """
+        source, key = dedupe
+        try:
+            async with (
+                self.pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(row_factory=dict_row) as cur,
+            ):
+                await cur.execute(q("lock_lead_keys"), {"keys": lock_keys(match, dedupe)})
+                await cur.execute(
+                    q("lead_event_by_idempotency"), {"source": source, "idempotency_key": key}
+                )
+                first = await cur.fetchone()
+                if first is not None:
+                    return _lead_duplicate(first)
+                await cur.execute(
+                    q("match_leads"),
+                    {"phone": match.phone, "email": match.email, "raw_ids": list(match.raw_ids)},
+                )
+                decided = plan(await cur.fetchall())
+                if decided.insert is not None:
+                    await cur.execute(q("insert_lead"), _lead_params(decided.insert))
+                if decided.update is not None:
+                    row_id, values = decided.update
+                    await cur.execute(q("update_lead"), {**_lead_params(values), "id": row_id})
+                written: list[WrittenEvent] = []
+                for ev in decided.events:
+                    await cur.execute(
+                        q("ingest_event"),
+                        {
+                            "type": ev.type,
+                            "source": ev.source,
+                            "payload": Jsonb(ev.payload),
+                            "idempotency_key": ev.idempotency_key,
+                            "occurred_at": ev.occurred_at,
+                            "request_id": request_id,
+                            "client": client,
+                            "ordering_key": ev.ordering_key,
+                            "extra_delay_s": None,
+                        },
+                    )
+                    row = await cur.fetchone()
+                    if row is None or row["event_id"] is None:
+                        raise _LeadRace
+                    written.append(
+                        WrittenEvent(row["event_id"], ev.type, list(row["destinations"]))
+                    )
+                return LeadIngest(
+                    events=written,
+                    duplicate=False,
+                    lead_id=str(decided.lead_id) if decided.lead_id else None,
+                    created=decided.insert is not None,
+                )
+        except _LeadRace:
+            # Only a writer outside the advisory locks (an event posted through POST /events
+            # with the same key) can get here; its event is the first one.
+            first = await self._fetchone(
+                "lead_event_by_idempotency", {"source": source, "idempotency_key": key}
+            )
+            if first is None:  # pragma: no cover - a conflicting row does not vanish
+                raise RuntimeError("idempotency conflict but no first event found") from None
+            return _lead_duplicate(first)
+
+    async def channel_status(
+        self, *, ids: Sequence[str], status: str, status_at: datetime, error: str | None
+    ) -> tuple[int, int]:
+        """Record a WhatsApp status for outbound message ids: (deliveries updated, parked)."""
+        row = await self._fetchone(
+            "channel_status_update",
+            {"ids": list(ids), "status": status, "status_at": status_at, "error": error},
+        )
+        assert row is not None
+        return int(row["updated"]), int(row["parked"])
+
+    async def reconcile_channel_statuses(
+        self, *, keep_s: float = 86400.0, batch: int = 5000
+    ) -> tuple[int, int]:
+        """Fold parked statuses into deliveries; (applied, removed from the inbox)."""
+        row = await self._fetchone("reconcile_channel_statuses", {"keep_s": keep_s, "batch": batch})
+        assert row is not None
+        return int(row["applied"]), int(row["removed"])
+
+    async def take_token(self, *, bucket: str, rate_per_s: float, burst: int) -> tuple[bool, float]:
+        """Take one token from a shared bucket: (allowed, tokens left)."""
+        row = await self._fetchone(
+            "take_token", {"bucket": bucket, "rate": float(rate_per_s), "burst": float(burst)}
+        )
+        assert row is not None
+        return bool(row["allowed"]), float(row["level"])
+
+    async def prune_rate_limits(self, *, batch: int = 10_000) -> int:
+        return await self._execute("prune_rate_limits", {"batch": batch})
+
+
+class _LeadRace(Exception):
+    """The main event's idempotency key was taken between the check and the insert."""
+
+
+def _lead_duplicate(first: dict[str, Any]) -> LeadIngest:
+    return LeadIngest(
+        events=[WrittenEvent(first["event_id"], first["type"], list(first["destinations"]))],
+        duplicate=True,
+        lead_id=first["lead_id"],
+    )
+
+
+def _lead_params(row: LeadRow) -> dict[str, Any]:
+    return {
+        "lead_id": row.lead_id,
+        "name": row.name,
+        "phone": row.phone,
+        "phone_raw": row.phone_raw,
+        "whatsapp_lid": row.whatsapp_lid,
+        "email": row.email,
+        "consent": row.consent,
+        "source": row.source,
+        "first_touch": Jsonb(row.first_touch),
+        "last_touch": Jsonb(row.last_touch),
+        "touches": row.touches,
+    }

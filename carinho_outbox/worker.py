@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import os
 import secrets
 import socket
 import time
 from collections.abc import Awaitable, Mapping
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
 from .adapters import Adapter
 from .mapping import MappingError
+from .protection import needs_write, plan, tally
 from .records import Job, Outcome, SendResult
 from .rendering import Renderer
 from .retry import decide
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 LISTEN_RETRY_S = 1.0
 FLUSH_RETRY_S = 0.5
 RESCUE_BATCH = 1000
+# Local wake-ups for this worker's own retries; beyond this many, the poll catches them.
+MAX_RETRY_TIMERS = 10_000
 T = TypeVar("T")
 
 
@@ -73,10 +77,18 @@ class Worker:
         self._outcomes_ready = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self.listening = asyncio.Event()
+        self.configs = dict(settings.destinations)
+        self._states: dict[str, dict[str, Any]] = {}
+        self._plan = plan(self.adapters, self.configs, {})
+        self._tallies: dict[str, tuple[int, int, str | None]] = {}
+        self._retry_times: list[float] = []
+        self._next_promote = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self.store.ensure_destination_states(sorted(self.adapters))
+        await self._refresh_states()
         await self.store.register_worker(
             id=self.id,
             host=socket.gethostname(),
@@ -148,20 +160,14 @@ class Worker:
     # --- claiming ------------------------------------------------------------------------
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
-        destinations = sorted(self.adapters)
         while not stop.is_set():
+            await self._promote_if_due()
             want = min(self.batch_size, self.concurrency - self.in_flight)
             if want <= 0:
-                await self._sleep(self.settings.poll_interval_s)
+                await self._sleep(self._idle_wait())
                 continue
             try:
-                jobs = await self.store.claim(
-                    worker=self.id,
-                    destinations=destinations,
-                    queues=self.queues,
-                    limit=want,
-                    lease_s=self.settings.lease_s,
-                )
+                jobs = await self._claim(want)
             except (psycopg.Error, OSError) as exc:
                 log.warning(
                     "claim failed: %s",
@@ -178,7 +184,77 @@ class Worker:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             if len(jobs) < want:
-                await self._sleep(self.settings.poll_interval_s)
+                await self._sleep(self._idle_wait())
+
+    async def _claim(self, want: int) -> list[Job]:
+        plan = self._plan
+        jobs: list[Job] = []
+        if plan.fast:
+            jobs = await self.store.claim(
+                worker=self.id,
+                destinations=plan.fast,
+                queues=self.queues,
+                limit=want,
+                lease_s=self.settings.lease_s,
+                max_wait_s=self.settings.max_wait_s,
+            )
+        for name in plan.guarded:
+            if len(jobs) >= want:
+                break
+            config = self.configs[name]
+            jobs += await self.store.claim_destination(
+                worker=self.id,
+                destination=name,
+                queues=self.queues,
+                want=want - len(jobs),
+                lease_s=self.settings.lease_s,
+                max_in_flight=config.max_in_flight,
+                rate_per_s=config.rate_per_s,
+            )
+        for name in plan.probes:
+            if len(jobs) >= want:
+                break
+            if await self.store.take_probe(destination=name, lease_s=self.settings.lease_s):
+                config = self.configs.get(name)
+                probe = await self.store.claim_destination(
+                    worker=self.id,
+                    destination=name,
+                    queues=self.queues,
+                    want=1,
+                    lease_s=self.settings.lease_s,
+                    max_in_flight=config.max_in_flight if config else None,
+                    rate_per_s=None,
+                    probe=True,
+                )
+                log.info(
+                    "circuit half-open: probing",
+                    extra={"action": "circuit_probe", "destination": name, "count": len(probe)},
+                )
+                jobs += probe
+                await self._refresh_states()
+        return jobs
+
+    async def _promote_if_due(self) -> None:
+        now = time.monotonic()
+        while self._retry_times and self._retry_times[0] <= now:
+            heapq.heappop(self._retry_times)
+            self._next_promote = 0.0
+        if now < self._next_promote:
+            return
+        self._next_promote = now + self.settings.poll_interval_s
+        try:
+            await self.store.promote_due()
+        except (psycopg.Error, OSError) as exc:
+            log.warning(
+                "promote failed: %s", type(exc).__name__, extra={"action": "promote_failed"}
+            )
+
+    def _idle_wait(self) -> float:
+        now = time.monotonic()
+        until = self._next_promote
+        if self._retry_times:
+            until = min(until, self._retry_times[0])
+        return max(0.001, min(self.settings.poll_interval_s, until - now))
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -239,10 +315,66 @@ class Worker:
             return False
         for outcome in batch:
             self._log_outcome(outcome, lease_held=outcome.job.id in kept)
+            if outcome.job.id not in kept:
+                continue
+            if outcome.status == "pending" and len(self._retry_times) < MAX_RETRY_TIMERS:
+                heapq.heappush(self._retry_times, time.monotonic() + outcome.delay_s)
+            elif outcome.job.ordering_key is not None:
+                self._next_promote = 0.0  # the next delivery of this key may go now
         self.in_flight -= len(batch)
         self.processed += len(batch)
+        await self._record_breakers(tally(o for o in batch if o.job.id in kept))
         self._wake.set()
         return True
+
+    async def _record_breakers(self, tallies: dict[str, tuple[int, int, str | None]]) -> None:
+        for name, (ok, fail, err) in tallies.items():
+            prev = self._tallies.get(name, (0, 0, None))
+            self._tallies[name] = (prev[0] + ok, prev[1] + fail, err or prev[2])
+        if not needs_write(self._tallies, self._states):
+            return  # healthy: written with the next heartbeat
+        await self._write_breakers()
+
+    async def _write_breakers(self) -> None:
+        tallies, self._tallies = self._tallies, {}
+        if not tallies:
+            return
+        try:
+            changes = await self.store.record_breakers(
+                tallies=tallies,
+                threshold=self.settings.breaker_threshold,
+                pause_s=self.settings.breaker_pause_s,
+            )
+        except (psycopg.Error, OSError) as exc:
+            log.warning("could not record circuit state: %s", type(exc).__name__)
+            return
+        for change in changes:
+            log.warning(
+                "circuit %s → %s",
+                change["before"],
+                change["after"],
+                extra={
+                    "action": "circuit_opened"
+                    if change["after"] == "open"
+                    else "circuit_closed"
+                    if change["after"] == "closed"
+                    else "circuit_changed",
+                    "destination": change["destination"],
+                    "paused_until": str(change["paused_until"]),
+                },
+            )
+        if changes:
+            await self._refresh_states()
+            opened = [c["destination"] for c in changes if c["after"] == "open"]
+            if opened:
+                await self.store.defer_paused(destinations=opened)
+            if any(c["after"] == "closed" for c in changes):
+                self._next_promote = 0.0
+
+    async def _refresh_states(self) -> None:
+        rows = await self.store.destination_states()
+        self._states = {r["destination"]: r for r in rows}
+        self._plan = plan(self.adapters, self.configs, self._states)
 
     async def _final_flush(self) -> None:
         deadline = time.monotonic() + 5.0
@@ -315,6 +447,12 @@ class Worker:
                 )
                 if self.in_flight:
                     await self.store.extend_leases(worker=self.id, lease_s=self.settings.lease_s)
+                await self._write_breakers()
+                await self._refresh_states()
+                if self._plan.paused:
+                    await self.store.defer_paused(destinations=self._plan.paused)
+                if self._plan.probes:
+                    self._wake.set()
                 rescued = await self.store.rescue_expired(
                     worker=self.id, default_max_attempts=default_max, limit=RESCUE_BATCH
                 )

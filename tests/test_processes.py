@@ -40,7 +40,8 @@ def test_ten_thousand_deliveries_across_four_workers_each_exactly_once(
 ) -> None:
     n = 10_000
     bulk_events(db, n)
-    env = {"DEST_CRM_URL": receiver.url("/crm"), "DEST_CRM_SECRET": "s"}
+    # Production-like lease: a CPU-starved CI machine must not expire live leases here.
+    env = {"DEST_CRM_URL": receiver.url("/crm"), "DEST_CRM_SECRET": "s", "LEASE_S": "60"}
     workers = [start_worker(dsn, tmp_path / f"w{i}.log", **env) for i in range(4)]
     try:
         wait_until(lambda: delivered(db) == n, timeout_s=240)

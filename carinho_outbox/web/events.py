@@ -40,6 +40,8 @@ async def post_event(request: Request) -> JSONResponse:
     app = request.app.state.hub
     principal = await app.auth.authenticate(request)
     request.scope["state"]["client"] = principal.name
+    # Before reading the body: a client over its limit costs one statement, nothing more.
+    await app.limiter.for_key(request, principal)
     raw = await json_body(request, app.settings.max_body_bytes)
     try:
         body = EventIn.model_validate(raw)

@@ -13,6 +13,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger("carinho_outbox.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Paths that carry a secret (the Z-API webhook token) are logged with the secret replaced.
+_SECRET_PATHS = (re.compile(r"^(/webhooks/whatsapp/)[^/]+"),)
+
+
+def loggable_path(path: str) -> str:
+    for pattern in _SECRET_PATHS:
+        path = pattern.sub(r"\1***", path)
+    return path
 
 
 class RequestLogMiddleware:
@@ -36,6 +44,10 @@ class RequestLogMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode("latin-1")))
+                # Set by a handler that wants headers on every answer, errors included (the
+                # rate limiter's RateLimit-*).
+                for name, value in (state.get("response_headers") or {}).items():
+                    headers.append((name.lower().encode("latin-1"), value.encode("latin-1")))
                 message["headers"] = headers
             await send(message)
 
@@ -49,7 +61,7 @@ class RequestLogMiddleware:
                     "action": "request",
                     "request_id": request_id,
                     "method": scope["method"],
-                    "path": scope["path"],
+                    "path": loggable_path(scope["path"]),
                     "route": getattr(route, "path", None),
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),

@@ -53,6 +53,8 @@ class Receiver:
     def __init__(self, script: Script | None = None) -> None:
         self.script: Script = script or always(200)
         self.requests: list[Received] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._gate: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -105,12 +107,18 @@ class Receiver:
         with self._lock:
             self.requests.append(got)
             n = len(self.requests)
-        gate = self._gate
-        if gate is not None:
-            await gate.wait()
-        reply = self.script(got, n)
-        if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            gate = self._gate
+            if gate is not None:
+                await gate.wait()
+            reply = self.script(got, n)
+            if reply.delay_s:
+                await asyncio.sleep(reply.delay_s)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
         return Response(
             reply.body,
             status_code=reply.status,

@@ -1,0 +1,40 @@
+"""`carinho-worker` with in-process no-op adapters for the benchmark destinations.
+
+The real worker process (worker_cli.main: settings, pool, LISTEN, claim, flush, heartbeat),
+with only the adapters swapped for ones that answer "delivered" without any I/O: the engine's
+own cost per delivery, with HTTP taken out. Used by `make bench` beside the HTTP figure.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .. import worker_cli
+from ..records import Job, SendResult
+from .common import DESTINATIONS
+
+
+class NoopAdapter:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def send(self, job: Job, data: dict[str, Any]) -> SendResult:
+        return SendResult(ok=True, http_status=200, response="{}", duration_ms=0.0)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _noop_adapters(*_args: Any, **_kw: Any) -> dict[str, Any]:
+    return {name: NoopAdapter(name) for name in DESTINATIONS}
+
+
+def main(argv: list[str] | None = None) -> None:
+    # worker_cli looks build_adapters up in its own namespace at call time.
+    worker_cli.build_adapters = _noop_adapters  # type: ignore[assignment]
+    worker_cli.main(argv)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

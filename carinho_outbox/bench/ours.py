@@ -1,0 +1,427 @@
+"""Us: the ingress (POST /events through real `carinho-web` processes, driven by wrk), the
+engine (real `carinho-worker` processes against the no-op receiver, and with in-process no-op
+adapters), end-to-end latency, history, /status, and peak RSS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from ..cli import create_key
+from ..store import Store, make_pool
+from . import statements as st
+from .ceilings import fill_pending
+from .common import (
+    DESTINATIONS,
+    EVENT_TYPE,
+    Child,
+    Figure,
+    Receiver,
+    RssSampler,
+    child_env,
+    figure,
+    lead_payload,
+    log,
+    median,
+    percentile,
+    python_module,
+    wait_until,
+)
+from .wrk import run_wrk_many, write_lua
+
+# The real worker; the same with in-process no-op adapters; the same with a sharded HTTP
+# client (a prototype of a recommended engine change).
+WORKER_MODULES = {
+    "http": "carinho_outbox.worker_cli",
+    "noop": "carinho_outbox.bench.noop_worker",
+    "sharded": "carinho_outbox.bench.proto_worker",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Keys:
+    ingest: str
+    admin: str
+
+
+async def _make_keys(dsn: str) -> Keys:
+    pool = make_pool(dsn, max_size=1, timeout_s=10.0, name="carinho-bench")
+    await pool.open(wait=True, timeout=15.0)
+    try:
+        store = Store(pool)
+        stamp = int(time.time() * 1000)
+        ingest = await create_key(store, name=f"bench-{stamp}", sources=["site"], admin=False)
+        admin = await create_key(store, name=f"bench-admin-{stamp}", sources=[], admin=True)
+        return Keys(ingest, admin)
+    finally:
+        await pool.close()
+
+
+def make_keys(dsn: str) -> Keys:
+    return asyncio.run(_make_keys(dsn))
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Procs:
+    dsn: str
+    logs: Path
+    receiver: Receiver
+    children: list[Child] = field(default_factory=list)
+
+    def worker_env(self, concurrency: int, **extra: str) -> dict[str, str]:
+        dests = {f"DEST_{d.upper()}_URL": self.receiver.url(f"/{d}") for d in DESTINATIONS}
+        return child_env(
+            self.dsn,
+            WORKER_CONCURRENCY=str(concurrency),
+            **dests,
+            **extra,
+        )
+
+    def start_workers(
+        self, n: int, concurrency: int, *, noop: bool = False, kind: str = "", **extra: str
+    ) -> list[Child]:
+        kind = kind or ("noop" if noop else "http")
+        module = WORKER_MODULES[kind]
+        started = [
+            Child(
+                python_module(module),
+                self.worker_env(concurrency, **extra),
+                self.logs / f"worker-{kind}.log",
+            )
+            for _ in range(n)
+        ]
+        self.children += started
+        return started
+
+    def start_webs(self, n: int, pool_per_proc: int, **extra: str) -> list[tuple[Child, int]]:
+        webs = []
+        for _ in range(n):
+            port = free_port()
+            env = child_env(self.dsn, DB_POOL_MAX=str(pool_per_proc), **extra)
+            child = Child(
+                python_module("carinho_outbox.web.serve", "--port", str(port)),
+                env,
+                self.logs / "web.log",
+            )
+            webs.append((child, port))
+            self.children.append(child)
+        for child, port in webs:
+            wait_until(lambda c=child, p=port: _healthy(c, p), timeout_s=60, interval_s=0.1)
+        return webs
+
+    def stop(self, children: list[Child]) -> None:
+        for c in children:
+            if c.alive():
+                c.popen.send_signal(15)
+        for c in children:
+            c.stop(timeout_s=40)
+            if c in self.children:
+                self.children.remove(c)
+
+    def stop_all(self) -> None:
+        self.stop(list(self.children))
+
+
+def _healthy(child: Child, port: int) -> bool:
+    if not child.alive():
+        raise RuntimeError(f"web process exited ({child.popen.returncode}); see {child.log}")
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def connect(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        yield conn
+
+
+def _scalar(conn: psycopg.Connection[Any], query: str, params: dict[str, Any] | None = None) -> Any:
+    row = conn.execute(query, params or {}).fetchone()  # type: ignore[arg-type]
+    return row[0] if row else None
+
+
+# --- engine ---------------------------------------------------------------------------------
+
+
+@dataclass
+class EngineRun:
+    figure: Figure
+    rss_mb: float
+    pids: list[int]
+
+
+def engine_rate(
+    procs: Procs,
+    *,
+    workers: int,
+    noop: bool = False,
+    kind: str = "",
+    concurrency: int,
+    backlog: int,
+    warmup_s: float,
+    window_s: float,
+    windows: int,
+    truncate: bool = True,
+    label: str = "",
+    on_running: Any = None,
+) -> EngineRun:
+    """Deliveries/s of `workers` processes working off a backlog of `backlog` deliveries."""
+    dsn = procs.dsn
+    with connect(dsn) as conn:
+        if truncate:
+            conn.execute(st.TRUNCATE_OUTBOX)
+        since = _scalar(conn, "select now()")
+    fill_pending(dsn, backlog, first=int(time.time() * 1000) % 50_000_000)
+    kind = kind or ("noop" if noop else "http")
+    started = procs.start_workers(workers, concurrency, kind=kind)
+    pids = [c.pid for c in started]
+    rates: list[float] = []
+    note = ""
+    with RssSampler(lambda: pids) as rss, connect(dsn) as conn:
+        try:
+            wait_until(
+                lambda: _scalar(conn, st.COUNT_DELIVERED_SINCE, {"since": since}) > 0,
+                timeout_s=60,
+                interval_s=0.05,
+            )
+            time.sleep(warmup_s)
+            probe = "select count(*), extract(epoch from clock_timestamp())::float8 from deliveries"
+            probe += " where status = 'delivered' and finished_at >= %(since)s"
+            last = conn.execute(probe, {"since": since}).fetchone()
+            assert last is not None
+            if on_running is not None:
+                on_running(pids)
+            for _ in range(windows):
+                time.sleep(window_s)
+                now = conn.execute(probe, {"since": since}).fetchone()
+                assert now is not None
+                rates.append((now[0] - last[0]) / (now[1] - last[1]))
+                last = now
+            pending = _scalar(conn, st.COUNT_PENDING)
+        finally:
+            procs.stop(started)
+    if rates and pending == 0:
+        # The backlog ran dry during the last windows: keep the windows that were full.
+        top = max(rates)
+        kept = [r for r in rates if r >= 0.6 * top]
+        if len(kept) < len(rates):
+            note = f"backlog ran out ({len(rates) - len(kept)} window(s) dropped)"
+            rates = kept
+    what = {
+        "http": "HTTP no-op receiver",
+        "noop": "in-process no-op adapter",
+        "sharded": "HTTP no-op receiver, sharded httpx client (prototype)",
+    }[kind]
+    name = label or f"engine, {what}, {workers} proc, concurrency {concurrency}"
+    return EngineRun(figure(name, rates, "deliveries/s", note), rss.peak_mb, pids)
+
+
+# --- ingress --------------------------------------------------------------------------------
+
+
+@dataclass
+class IngressRun:
+    figure: Figure
+    rss_mb: float
+    errors: int
+    events: int
+
+
+def ingress_rate(
+    procs: Procs,
+    keys: Keys,
+    *,
+    web_procs: int,
+    connections: int,
+    warmup_s: float,
+    window_s: float,
+    windows: int,
+) -> IngressRun:
+    with connect(procs.dsn) as conn:
+        conn.execute(st.TRUNCATE_OUTBOX)
+    pool = max(1, connections // web_procs)
+    webs = procs.start_webs(web_procs, pool)
+    urls = [f"http://127.0.0.1:{port}/events" for _, port in webs]
+    lua = write_lua(procs.logs / "ingress.lua", key=keys.ingest)
+    rates: list[float] = []
+    errors = 0
+    try:
+        with RssSampler(lambda: [c.pid for c, _ in webs]) as rss:
+            run_wrk_many(urls, lua, connections=connections, duration_s=warmup_s)
+            for _ in range(windows):
+                results = run_wrk_many(urls, lua, connections=connections, duration_s=window_s)
+                rates.append(sum(r.rate for r in results))
+                errors += sum(r.non_2xx + r.socket_errors for r in results)
+    finally:
+        procs.stop([c for c, _ in webs])
+    with connect(procs.dsn) as conn:
+        events = int(_scalar(conn, st.COUNT_EVENTS))
+        per_event = _scalar(
+            conn,
+            "select count(*)::float8 / greatest(1, (select count(*) from events)) from deliveries",
+        )
+    note = f"{per_event:.2f} deliveries per event; DB pool {pool} per process"
+    if errors:
+        note += f"; {errors} non-2xx/socket errors"
+    fig = figure(
+        f"ingress POST /events via HTTP, {web_procs} web proc, {connections} conns",
+        rates,
+        "events/s",
+        note,
+    )
+    return IngressRun(fig, rss.peak_mb, errors, events)
+
+
+# --- latency --------------------------------------------------------------------------------
+
+
+async def _post_events(
+    url: str, key: str, count: int, *, gap_s: float = 0.0, rate_per_s: float = 0.0
+) -> int:
+    headers = {"authorization": f"Bearer {key}"}
+    ok = 0
+    base = int(time.time() * 1000) % 10_000_000
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+
+        async def one(i: int) -> None:
+            nonlocal ok
+            r = await client.post(
+                url,
+                json={"type": EVENT_TYPE, "payload": lead_payload(base + i)},
+                headers=headers,
+            )
+            ok += r.status_code == 202
+
+        if rate_per_s <= 0:
+            for i in range(count):
+                await one(i)
+                await asyncio.sleep(gap_s)
+            return ok
+        start = time.monotonic()
+        tasks = []
+        for i in range(count):
+            delay = start + i / rate_per_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i)))
+        await asyncio.gather(*tasks)
+    return ok
+
+
+@dataclass
+class LatencyRun:
+    p50: float
+    p95: float
+    p99: float
+    samples: int
+    accepted: int
+
+
+def _latencies(dsn: str, records: list[tuple[str, float]]) -> list[float]:
+    arrivals: dict[int, float] = {}
+    for wid, t in records:
+        if wid.startswith("dlv_"):
+            arrivals.setdefault(int(wid[4:]), t)
+    if not arrivals:
+        return []
+    with connect(dsn) as conn:
+        rows = conn.execute(st.LATENCY_SOURCE, {"ids": list(arrivals)}).fetchall()
+    return [(arrivals[i] - accepted) * 1000 for i, accepted in rows]
+
+
+def latency(
+    procs: Procs,
+    keys: Keys,
+    *,
+    web_port: int,
+    events: int,
+    gap_s: float = 0.0,
+    rate_per_s: float = 0.0,
+) -> LatencyRun:
+    """accepted (the event's received_at, stamped by the ingress transaction) -> the receiver
+    reading the request head, for every delivery of `events` events."""
+    url = f"http://127.0.0.1:{web_port}/events"
+    before = procs.receiver.count()
+    procs.receiver.record()
+    accepted = asyncio.run(
+        _post_events(url, keys.ingest, events, gap_s=gap_s, rate_per_s=rate_per_s)
+    )
+    expect = before + accepted * len(DESTINATIONS)
+    with contextlib.suppress(TimeoutError):
+        wait_until(lambda: procs.receiver.count() >= expect, timeout_s=30, interval_s=0.05)
+    lat = _latencies(procs.dsn, procs.receiver.records())
+    return LatencyRun(
+        percentile(lat, 50), percentile(lat, 95), percentile(lat, 99), len(lat), accepted
+    )
+
+
+# --- history and /status --------------------------------------------------------------------
+
+
+def fill_history(dsn: str, deliveries: int) -> dict[str, float]:
+    timings: dict[str, float] = {}
+    with connect(dsn) as conn:
+        conn.execute(st.TRUNCATE_OUTBOX)
+        for name, query, params in (
+            (
+                "events",
+                st.FILL_HISTORY_EVENTS,
+                {"type": EVENT_TYPE, "source": "site", "events": deliveries // len(DESTINATIONS)},
+            ),
+            ("deliveries", st.FILL_HISTORY_DELIVERIES, {"destinations": list(DESTINATIONS)}),
+            ("attempts", st.FILL_HISTORY_ATTEMPTS, {}),
+        ):
+            t = time.monotonic()
+            conn.execute(query, params)  # type: ignore[arg-type]
+            timings[name] = time.monotonic() - t
+            log(f"history: {name} filled in {timings[name]:.1f}s")
+        t = time.monotonic()
+        conn.execute("vacuum analyze events")
+        conn.execute("vacuum analyze deliveries")
+        conn.execute("vacuum analyze webhook_deliveries")
+        timings["vacuum"] = time.monotonic() - t
+    return timings
+
+
+def status_latency(port: int, admin_key: str, samples: int = 10) -> Figure | None:
+    url = f"http://127.0.0.1:{port}/status"
+    headers = {"authorization": f"Bearer {admin_key}"}
+    times: list[float] = []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(samples):
+            t = time.perf_counter()
+            r = client.get(url, headers=headers)
+            elapsed = (time.perf_counter() - t) * 1000
+            if r.status_code == 404:
+                return None
+            if r.status_code != 200:
+                return Figure("/status latency", float("nan"), "ms", note=f"HTTP {r.status_code}")
+            times.append(elapsed)
+    return Figure(
+        "/status latency (median)",
+        median(times),
+        "ms",
+        [round(t, 1) for t in times],
+        note=f"max {max(times):.1f} ms over {samples} calls",
+    )

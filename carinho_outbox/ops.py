@@ -1,0 +1,249 @@
+"""What operators read: the detailed health check and /status, built through the store.
+
+Shared by the web API, the dashboard and the CLI. Every figure comes from one of the named
+queries of queries.sql (the "operating it" block), each bounded by a partial index or a time
+window, so the whole report stays cheap however many finished rows the tables hold.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import psycopg
+
+from .migrate import MigrationError, check_checksums, discover
+from .registry import build_adapters
+from .settings import Settings, sql_dir
+from .store import Store
+
+# /status lag percentiles: the window and the most recent deliveries taken from it.
+LAG_WINDOW_S = 900.0
+LAG_SAMPLE = 10_000
+
+
+def configured_destinations(settings: Settings) -> set[str]:
+    """The destinations a worker with these settings can deliver to (it builds adapters)."""
+    client = httpx.AsyncClient()
+    # Adapters only keep references to the client and the store; nothing is sent or queried.
+    adapters = build_adapters(settings, client, None)  # type: ignore[arg-type]
+    return set(adapters)
+
+
+def _age_s(at: datetime | None, now: datetime) -> float | None:
+    if at is None:
+        return None
+    return round(max(0.0, (now - at).total_seconds()), 3)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
+
+
+async def circuits(store: Store) -> dict[str, str] | None:
+    """Circuit state per destination from destination_state, or None while it does not exist."""
+    try:
+        return await store.ops_circuits()
+    except psycopg.errors.UndefinedTable:
+        return None
+
+
+async def health_report(
+    store: Store, settings: Settings, configured: set[str]
+) -> tuple[bool, dict[str, Any]]:
+    """(healthy, body). Unhealthy means the hub cannot do its job: database unreachable,
+    schema not current, or no live worker. Backlog figures are reported, not judged."""
+    checks: dict[str, dict[str, Any]] = {}
+    started = time.perf_counter()
+    try:
+        await store.ping()
+    except Exception as exc:  # unreachable is the answer here, not an error
+        checks["database"] = {"ok": False, "error": type(exc).__name__}
+        return False, {"status": "unavailable", "failing": ["database"], "checks": checks}
+    checks["database"] = {
+        "ok": True,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+
+    try:
+        applied = await store.applied_migrations()
+        known = discover(sql_dir(settings))
+        check_checksums(known, applied)
+        missing = [m.path.name for m in known if m.version not in applied]
+        checks["migrations"] = {
+            "ok": not missing,
+            "applied": len(applied),
+            "pending": missing,
+        }
+    except MigrationError as exc:
+        checks["migrations"] = {"ok": False, "error": str(exc)}
+
+    now = datetime.now(UTC)
+    workers = await store.list_workers(alive_within_s=settings.worker_dead_after_s)
+    alive = [w for w in workers if w["alive"] and not w["stopping"]]
+    checks["workers"] = {
+        "ok": bool(alive),
+        "alive": len(alive),
+        "registered": len(workers),
+        "dead_after_s": settings.worker_dead_after_s,
+    }
+    if not alive:
+        checks["workers"]["error"] = "no worker has sent a heartbeat recently"
+
+    rows = await store.ops_destinations(destinations=sorted(settings.destinations))
+    circuit = await circuits(store)
+    destinations: dict[str, dict[str, Any]] = {}
+    oldest: datetime | None = None
+    dlq_size = 0
+    for r in rows:
+        name = r["destination"]
+        is_configured = name in configured
+        entry: dict[str, Any] = {
+            "configured": is_configured,
+            "pending": r["pending"],
+            "dead": r["dead"],
+            "oldest_pending_age_s": _age_s(r["oldest_due"], now),
+            "last_success_at": _iso(r["last_success"]),
+        }
+        if circuit is not None:
+            entry["circuit"] = circuit.get(name, "closed")
+        destinations[name] = entry
+        dlq_size += r["dead"]
+        # Held deliveries of unconfigured destinations are reported apart, not as lag.
+        if is_configured and r["oldest_due"] is not None:
+            oldest = r["oldest_due"] if oldest is None else min(oldest, r["oldest_due"])
+    checks["backlog"] = {
+        "ok": True,
+        "oldest_pending_age_s": _age_s(oldest, now) or 0.0,
+        "dlq_size": dlq_size,
+        "held": {
+            n: d["pending"] for n, d in destinations.items() if not d["configured"] and d["pending"]
+        },
+    }
+    failing = [name for name, c in checks.items() if not c["ok"]]
+    body = {
+        "status": "ok" if not failing else "unavailable",
+        "failing": failing,
+        "checks": checks,
+        "destinations": destinations,
+    }
+    return not failing, body
+
+
+async def status_report(store: Store, settings: Settings, configured: set[str]) -> dict[str, Any]:
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    counts = await store.ops_status_counts()
+    totals: dict[str, int] = {
+        "pending": 0,
+        "retrying": 0,
+        "running": 0,
+        "dead": 0,
+        "delivered_1h": 0,
+    }
+    for c in counts:
+        totals[c["status"]] = totals.get(c["status"], 0) + c["count"]
+
+    t = await store.ops_throughput()
+    throughput = {
+        f"{m}m": {
+            "received": t[f"received_{m}m"],
+            "delivered": t[f"delivered_{m}m"],
+            "failed": t[f"failed_{m}m"],
+        }
+        for m in (1, 5, 15, 60)
+    }
+
+    retry_rows = await store.ops_retry_figures()
+    by_attempt: dict[str, int] = {}
+    retry_by_dest: dict[str, int] = {}
+    for r in retry_rows:
+        by_attempt[str(r["attempts"])] = by_attempt.get(str(r["attempts"]), 0) + r["count"]
+        retry_by_dest[r["destination"]] = retry_by_dest.get(r["destination"], 0) + r["count"]
+
+    dlq = await dlq_stats(store)
+    lag = await store.ops_lag(window_s=LAG_WINDOW_S, sample=LAG_SAMPLE)
+    dest_rows = await store.ops_destinations(destinations=sorted(settings.destinations))
+    oldest: datetime | None = None
+    held: list[dict[str, Any]] = []
+    for r in dest_rows:
+        if r["destination"] in configured:
+            if r["oldest_due"] is not None:
+                oldest = r["oldest_due"] if oldest is None else min(oldest, r["oldest_due"])
+        elif r["pending"]:
+            held.append({"destination": r["destination"], "pending": r["pending"]})
+    workers = await store.list_workers(alive_within_s=settings.worker_dead_after_s)
+    queues = await store.ops_queue_depth()
+    return {
+        "generated_at": now.isoformat(),
+        "counts": counts,
+        "totals": totals,
+        "throughput": throughput,
+        "retry": {
+            "waiting": sum(by_attempt.values()),
+            "by_attempt": by_attempt,
+            "by_destination": retry_by_dest,
+        },
+        "dlq": dlq,
+        "lag": {
+            "window_s": LAG_WINDOW_S,
+            "samples": lag["samples"],
+            "p50_s": _round(lag["p50_s"]),
+            "p95_s": _round(lag["p95_s"]),
+        },
+        "oldest_pending_age_s": _age_s(oldest, now) or 0.0,
+        "queues": queues,
+        "held": held,
+        "workers": {
+            "alive": sum(1 for w in workers if w["alive"] and not w["stopping"]),
+            "registered": len(workers),
+            "list": [
+                {
+                    "id": w["id"],
+                    "host": w["host"],
+                    "pid": w["pid"],
+                    "queues": list(w["queues"]),
+                    "concurrency": w["concurrency"],
+                    "in_flight": w["in_flight"],
+                    "processed": w["processed"],
+                    "alive": w["alive"],
+                    "stopping": w["stopping"],
+                    "last_seen_at": _iso(w["last_seen_at"]),
+                    "started_at": _iso(w["started_at"]),
+                }
+                for w in workers
+            ],
+        },
+        "took_ms": round((time.perf_counter() - started) * 1000, 2),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
+async def dlq_stats(store: Store) -> dict[str, Any]:
+    rows = await store.dlq_stats()
+    by_type: dict[str, int] = {}
+    by_dest: dict[str, int] = {}
+    oldest: datetime | None = None
+    newest: datetime | None = None
+    for r in rows:
+        by_type[r["event_type"]] = by_type.get(r["event_type"], 0) + r["count"]
+        by_dest[r["destination"]] = by_dest.get(r["destination"], 0) + r["count"]
+        if r["oldest_dead_at"] is not None:
+            oldest = r["oldest_dead_at"] if oldest is None else min(oldest, r["oldest_dead_at"])
+        if r["newest_dead_at"] is not None:
+            newest = r["newest_dead_at"] if newest is None else max(newest, r["newest_dead_at"])
+    now = datetime.now(UTC)
+    top = await store.dlq_top_errors(since=now.replace(year=now.year - 100), until=now, limit=5)
+    return {
+        "size": sum(by_type.values()),
+        "by_event_type": by_type,
+        "by_destination": by_dest,
+        "oldest_dead_at": _iso(oldest),
+        "newest_dead_at": _iso(newest),
+        "top_errors": [{"error": t["error"], "count": t["count"]} for t in top],
+    }
