@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test lint bench soak demo clean
+.PHONY: install run test lint bench soak demo clean wrk
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
@@ -28,8 +28,24 @@ test: install lint
 demo: install
 	$(BIN)/python -m carinho_outbox.demo
 
-bench: install
+# Benchmarks (issue 7): the bench extra (peers, profiler) and wrk, Debian's HTTP load generator.
+BENCH_STAMP := $(VENV)/.bench-stamp
+
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,embedded,bench]'
+	@touch $(BENCH_STAMP)
+
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && apt-get install -y -qq wrk; \
+	  else echo "wrk is missing: sudo apt-get install -y wrk" >&2; exit 1; fi; }
+
+bench: install $(BENCH_STAMP) wrk
 	$(BIN)/python -m carinho_outbox.bench
+
+soak: install $(BENCH_STAMP)
+	$(BIN)/python -m carinho_outbox.bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -80,6 +80,8 @@ def _slot(payload: dict[str, Any]) -> datetime:
 
 
 def configured_destinations(settings: Settings) -> set[str]:
+    """The destinations a worker with these settings can deliver to: the registry's answer.
+    Adapters only keep references to the client and the store; nothing is sent or queried."""
     # Imported here: the registry builds the job runners, this module among them.
     from .registry import build_adapters
 

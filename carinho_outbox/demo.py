@@ -83,10 +83,12 @@ def phone(rng: random.Random) -> str:
     return f"+55{rng.choice(DDD)}9{rng.randint(6, 9)}{rng.randint(0, 9_999_999):07d}"
 
 
-def day_of_events(rng: random.Random, journeys: int = DEMO_JOURNEYS) -> list[dict[str, Any]]:
+def day_of_events(
+    rng: random.Random, journeys: int = DEMO_JOURNEYS, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """A day of Carinho as POST /events bodies: each journey a lead, some become clients and
     get a service, paid or not, rated or not. Deterministic for a given generator."""
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     out: list[dict[str, Any]] = []
 
     def add(event_type: str, source: str, payload: dict[str, Any], at: datetime) -> None:

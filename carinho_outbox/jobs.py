@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import alerts
+from . import alerts, syncs
 from .records import Job, SendResult
 from .settings import Settings
 from .store import Store
@@ -37,10 +37,22 @@ async def retention(store: Store, settings: Settings, payload: dict[str, Any]) -
             if n < settings.retention_batch:
                 break
         removed[what] = total
+    # Housekeeping of the ingress tables: idle rate-limit buckets, and WhatsApp statuses that
+    # arrived before their send was recorded (applied when the delivery shows up, else dropped).
+    removed["rate_limits"] = await store.prune_rate_limits()
+    applied, dropped = await store.reconcile_channel_statuses()
+    removed["channel_statuses_applied"] = applied
+    removed["channel_statuses_dropped"] = dropped
     return removed
 
 
-JOBS: dict[str, JobFn] = {"retention": retention, "alerts": alerts.run}
+JOBS: dict[str, JobFn] = {
+    "retention": retention,
+    "alerts": alerts.run,
+    # Business flows (issue 5): the scheduled syncs.
+    syncs.CRM_JOB: syncs.sync_crm_to_operacao,
+    syncs.FINANCEIRO_JOB: syncs.sync_operacao_to_financeiro,
+}
 
 
 class JobAdapter:

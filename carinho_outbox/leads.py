@@ -99,6 +99,7 @@ class WrittenEvent:
     event_id: UUID
     type: str
     destinations: list[str]
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ aggregate them with max(), not sum().
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -111,6 +111,13 @@ def observe_event(event_type: str, sources: tuple[str, ...], duplicate: bool = F
     if not duplicate:
         source = sources[0] if len(sources) == 1 else "+".join(sorted(sources)) or "-"
         EVENTS_RECEIVED.labels(event_type, source).inc()
+
+
+def observe_written(events: Iterable[Any], duplicate: bool) -> None:
+    """Events a webhook wrote (leads.WrittenEvent: .type, .source)."""
+    if not duplicate:
+        for event in events:
+            EVENTS_RECEIVED.labels(event.type, event.source or "-").inc()
 
 
 def observe_outcome(outcome: Outcome, now: datetime | None = None) -> None:

@@ -11,25 +11,18 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import psycopg
 
+from .alerts import configured_destinations
 from .migrate import MigrationError, check_checksums, discover
-from .registry import build_adapters
 from .settings import Settings, sql_dir
 from .store import Store
+
+__all__ = ["configured_destinations", "dlq_stats", "health_report", "status_report"]
 
 # /status lag percentiles: the window and the most recent deliveries taken from it.
 LAG_WINDOW_S = 900.0
 LAG_SAMPLE = 10_000
-
-
-def configured_destinations(settings: Settings) -> set[str]:
-    """The destinations a worker with these settings can deliver to (it builds adapters)."""
-    client = httpx.AsyncClient()
-    # Adapters only keep references to the client and the store; nothing is sent or queried.
-    adapters = build_adapters(settings, client, None)  # type: ignore[arg-type]
-    return set(adapters)
 
 
 def _age_s(at: datetime | None, now: datetime) -> float | None:
@@ -136,12 +129,13 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
     started = time.perf_counter()
     now = datetime.now(UTC)
     counts = await store.ops_status_counts()
+    delivered = await store.ops_delivered_by_destination()
     totals: dict[str, int] = {
         "pending": 0,
         "retrying": 0,
         "running": 0,
         "dead": 0,
-        "delivered_1h": 0,
+        "delivered_1h": sum(delivered.values()),
     }
     for c in counts:
         totals[c["status"]] = totals.get(c["status"], 0) + c["count"]
@@ -163,7 +157,13 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
         by_attempt[str(r["attempts"])] = by_attempt.get(str(r["attempts"]), 0) + r["count"]
         retry_by_dest[r["destination"]] = retry_by_dest.get(r["destination"], 0) + r["count"]
 
-    dlq = await dlq_stats(store)
+    # The DLQ figures come from the dead arm of the counts above, not a second pass.
+    dead_rows = [
+        {"event_type": c["event_type"], "destination": c["destination"], "count": c["count"]}
+        for c in counts
+        if c["status"] == "dead"
+    ]
+    dlq = await _dlq_summary(store, dead_rows, await store.ops_dead_range())
     lag = await store.ops_lag(window_s=LAG_WINDOW_S, sample=LAG_SAMPLE)
     dest_rows = await store.ops_destinations(destinations=sorted(settings.destinations))
     oldest: datetime | None = None
@@ -180,6 +180,7 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
         "generated_at": now.isoformat(),
         "counts": counts,
         "totals": totals,
+        "delivered_1h_by_destination": delivered,
         "throughput": throughput,
         "retry": {
             "waiting": sum(by_attempt.values()),
@@ -226,17 +227,20 @@ def _round(value: float | None) -> float | None:
 
 async def dlq_stats(store: Store) -> dict[str, Any]:
     rows = await store.dlq_stats()
+    oldest = min((r["oldest_dead_at"] for r in rows if r["oldest_dead_at"]), default=None)
+    newest = max((r["newest_dead_at"] for r in rows if r["newest_dead_at"]), default=None)
+    return await _dlq_summary(store, rows, {"oldest_dead_at": oldest, "newest_dead_at": newest})
+
+
+async def _dlq_summary(
+    store: Store, rows: list[dict[str, Any]], ends: dict[str, Any]
+) -> dict[str, Any]:
     by_type: dict[str, int] = {}
     by_dest: dict[str, int] = {}
-    oldest: datetime | None = None
-    newest: datetime | None = None
     for r in rows:
         by_type[r["event_type"]] = by_type.get(r["event_type"], 0) + r["count"]
         by_dest[r["destination"]] = by_dest.get(r["destination"], 0) + r["count"]
-        if r["oldest_dead_at"] is not None:
-            oldest = r["oldest_dead_at"] if oldest is None else min(oldest, r["oldest_dead_at"])
-        if r["newest_dead_at"] is not None:
-            newest = r["newest_dead_at"] if newest is None else max(newest, r["newest_dead_at"])
+    oldest, newest = ends["oldest_dead_at"], ends["newest_dead_at"]
     now = datetime.now(UTC)
     top = await store.dlq_top_errors(since=now.replace(year=now.year - 100), until=now, limit=5)
     return {

@@ -727,8 +727,8 @@ from dest
 order by dest.destination;
 
 -- name: ops_status_counts
--- Open states in full (each arm is its own partial index: a single `status in (…)` could
--- not use them), delivered only over the last hour (range on deliveries_finished).
+-- The open states in full (each arm is its own partial index: a single `status in (…)` could
+-- not use them). Delivered rows, the millions, are counted apart (ops_delivered_by_destination).
 select s.status, e.type as event_type, s.destination, count(*) as count
 from (
     select 'pending' as status, event_id, destination from deliveries
@@ -740,13 +740,20 @@ from (
     select 'running', event_id, destination from deliveries where status = 'running'
     union all
     select 'dead', event_id, destination from deliveries where status = 'dead'
-    union all
-    select 'delivered_1h', event_id, destination from deliveries
-     where status = 'delivered' and finished_at >= now() - interval '1 hour'
 ) s
 join events e on e.id = s.event_id
 group by 1, 2, 3
 order by 1, 2, 3;
+
+-- name: ops_delivered_by_destination
+-- Delivered in the last hour per destination: one index-only range per destination of
+-- deliveries_delivered_dest (labelling each by event type would join events row by row).
+select dest.destination,
+       (select count(*) from deliveries d
+         where d.status = 'delivered' and d.destination = dest.destination
+           and d.finished_at >= now() - interval '1 hour') as count
+from (select distinct destination from routes) dest
+order by 1;
 
 -- name: ops_throughput
 -- One pass over each time-bounded index range (last hour), counted into four windows.
@@ -1113,3 +1120,194 @@ where bucket in (select bucket from rate_limits where full_at < now() limit %(ba
 -- name: ops_circuits
 -- The engine's circuit breakers (sql/0008); the caller copes with the table not existing.
 select destination, state from destination_state;
+
+-- name: ops_dead_range
+-- Oldest and newest dead letter: the two ends of deliveries_dead.
+select min(dead_at) as oldest_dead_at, max(dead_at) as newest_dead_at
+from deliveries
+where status = 'dead';
+
+-- =====================================================================================
+-- Business flows (issue 5): contacts and opt-outs for the automations, the feedback loop,
+-- the CRM → Operação and Operação → Financeiro syncs. Tables from sql/0009.
+-- =====================================================================================
+
+-- name: contact_get
+select client_id, name, phone, email, consent from contacts where client_id = %(client_id)s;
+
+-- name: contact_flags
+-- Whether any address of this person opted out, and (for messages to leads) whether a lead
+-- with this phone or e-mail refused consent on the form. Both probes use unique indexes.
+select exists (select 1 from opt_outs where address = any (%(addresses)s::text[])) as opted_out,
+       %(check_leads)s::boolean and exists (
+           select 1 from leads
+           where ((%(phone)s::text is not null and phone = %(phone)s::text)
+               or (%(email)s::text is not null and email = %(email)s::text))
+             and consent = false) as lead_refused;
+
+-- name: opt_out_record
+-- The first opt-out of an address is kept (when and why it happened).
+insert into opt_outs (address, channel, reason, source_message_id)
+values (%(address)s, %(channel)s, %(reason)s, %(message_id)s)
+on conflict (address) do nothing
+returning address;
+
+-- name: feedback_request_record
+-- A channel is about to ask for feedback on a service. The first channel creates the row;
+-- the second fills its own timestamp and any contact the first did not have.
+insert into feedback_requests (service_id, client_id, caregiver_id, phone, email, whatsapp_at,
+                               email_at)
+values (%(service_id)s, %(client_id)s, %(caregiver_id)s, %(phone)s, %(email)s,
+        case when %(channel)s = 'whatsapp' then now() end,
+        case when %(channel)s = 'email' then now() end)
+on conflict (service_id) do update
+set client_id = coalesce(feedback_requests.client_id, excluded.client_id),
+    caregiver_id = coalesce(feedback_requests.caregiver_id, excluded.caregiver_id),
+    phone = coalesce(excluded.phone, feedback_requests.phone),
+    email = coalesce(excluded.email, feedback_requests.email),
+    whatsapp_at = coalesce(excluded.whatsapp_at, feedback_requests.whatsapp_at),
+    email_at = coalesce(excluded.email_at, feedback_requests.email_at);
+
+-- name: feedback_request_get
+select service_id, client_id, caregiver_id, requested_at, whatsapp_at, email_at, answered_at,
+       rating, channel, event_id
+from feedback_requests where service_id = %(service_id)s;
+
+-- name: feedback_pending_by_phone
+-- The newest request sent to this phone by WhatsApp that is unanswered and not older than the
+-- link's lifetime: what a bare "4" from that phone answers.
+select service_id, client_id, caregiver_id, whatsapp_at
+from feedback_requests
+where phone = %(phone)s and answered_at is null and whatsapp_at is not null
+  and whatsapp_at > now() - make_interval(secs => %(within_s)s)
+order by whatsapp_at desc
+limit 1;
+
+-- name: feedback_answer
+-- The single-use step: only the first answer for a service returns a row. A link whose
+-- request row is missing (recorded nowhere, e.g. wiped) still works once.
+insert into feedback_requests (service_id, answered_at, rating, comment, channel)
+values (%(service_id)s, now(), %(rating)s, %(comment)s, %(channel)s)
+on conflict (service_id) do update
+set answered_at = now(), rating = excluded.rating, comment = excluded.comment,
+    channel = excluded.channel
+where feedback_requests.answered_at is null
+returning service_id, client_id, caregiver_id;
+
+-- name: feedback_link_event
+update feedback_requests set event_id = %(event_id)s where service_id = %(service_id)s;
+
+-- name: sync_abandon_stale
+-- A run still 'running' long after it started belongs to a worker that died mid-run.
+update sync_runs
+set status = 'abandoned', finished_at = now(), error = 'no end recorded: worker stopped'
+where job = %(job)s and status = 'running'
+  and started_at < now() - make_interval(secs => %(stale_s)s);
+
+-- name: sync_run_start
+-- Fails on sync_runs_one_running when another run of this job is in progress.
+insert into sync_runs (job, cursor_before)
+values (%(job)s, (select cursor from sync_cursors where job = %(job)s))
+returning id, cursor_before;
+
+-- name: sync_run_finish
+-- The run's record, and the cursor moved in the same statement when it finished well.
+with run as (
+    update sync_runs
+    set status = %(status)s, finished_at = now(), pages = %(pages)s, counts = %(counts)s,
+        error = %(error)s, cursor_after = %(cursor_after)s
+    where id = %(id)s
+    returning job
+)
+insert into sync_cursors (job, cursor)
+select job, %(cursor_after)s from run
+where %(status)s = 'ok' and %(cursor_after)s::text is not null
+on conflict (job) do update set cursor = excluded.cursor, updated_at = now();
+
+-- name: sync_runs_recent
+select id, job, status, started_at, finished_at, cursor_before, cursor_after, pages, counts, error
+from sync_runs
+where %(job)s::text is null or job = %(job)s::text
+order by id desc
+limit %(limit)s;
+
+-- name: synced_contract_get
+select contract_id, action, fingerprint from synced_contracts where contract_id = %(contract_id)s;
+
+-- name: synced_contract_save
+insert into synced_contracts (contract_id, action, fingerprint, source_updated_at)
+values (%(contract_id)s, %(action)s, %(fingerprint)s, %(source_updated_at)s)
+on conflict (contract_id) do update
+set action = excluded.action, fingerprint = excluded.fingerprint,
+    source_updated_at = excluded.source_updated_at, synced_at = now();
+
+-- name: billing_rates
+select code, kind, value, description from rates order by code;
+
+-- name: billing_holidays
+select day from billing_holidays where day between %(first)s and %(last)s;
+
+-- name: bill_service
+-- Billed once: a service already in billed_services inserts nothing, and only a new line
+-- marks its invoice for a push (a new invoice row, or a version bump of the existing one).
+with billed as (
+    insert into billed_services (service_id, client_id, caregiver_id, period, started_at,
+                                 ended_at, lines, amount_cents, payout_cents, run_id)
+    values (%(service_id)s, %(client_id)s, %(caregiver_id)s, %(period)s, %(started_at)s,
+            %(ended_at)s, %(lines)s, %(amount_cents)s, %(payout_cents)s, %(run_id)s)
+    on conflict (service_id) do nothing
+    returning client_id, period
+)
+insert into invoices (client_id, period, external_key)
+select client_id, period, %(external_key)s from billed
+on conflict (client_id, period) do update
+set version = invoices.version + 1, dirty = true, updated_at = now()
+returning client_id, period;
+
+-- name: invoices_dirty
+select i.client_id, i.period, i.external_key, i.version
+from invoices i
+where i.dirty
+order by i.client_id, i.period
+limit %(limit)s;
+
+-- name: invoice_services
+select service_id, client_id, caregiver_id, period, started_at, ended_at, lines, amount_cents,
+       payout_cents
+from billed_services
+where client_id = %(client_id)s and period = %(period)s
+order by started_at, service_id;
+
+-- name: invoice_pushed
+-- Clean only if nothing was billed into it while the push was in flight (same version).
+update invoices
+set dirty = version <> %(version)s, pushed_version = %(version)s,
+    pushed_total_cents = %(total_cents)s, pushed_at = now(), last_error = null, updated_at = now()
+where client_id = %(client_id)s and period = %(period)s;
+
+-- name: invoice_push_failed
+update invoices set last_error = %(error)s, updated_at = now()
+where client_id = %(client_id)s and period = %(period)s;
+
+-- =====================================================================================
+-- Throughput and scale (issue 7): the autoscaling supervisor
+-- =====================================================================================
+
+-- name: autoscale_load
+-- What waits, per queue, for the destinations these workers serve: due pending rows (counted
+-- up to a cap, so a huge backlog costs a bounded index scan) and the age of the oldest one.
+-- Both stay on the pending-and-due partial indexes, never on the finished history. Rows of
+-- destinations nobody serves (unconfigured) are held on purpose and must not look like load.
+select q.queue,
+       (select count(*)
+          from (select 1 from deliveries d
+                 where d.status = 'pending' and d.due and d.available_at <= now()
+                   and d.queue = q.queue and d.destination = any(%(destinations)s)
+                 limit %(cap)s) c)::bigint as backlog,
+       coalesce(extract(epoch from now() - (
+           select min(d.available_at) from deliveries d
+            where d.status = 'pending' and d.due and d.available_at <= now()
+              and d.queue = q.queue and d.destination = any(%(destinations)s))), 0)::float8
+           as oldest_age_s
+from unnest(%(queues)s::text[]) as q(queue)
+order by q.queue;

@@ -11,6 +11,7 @@ import httpx
 from .adapters import Adapter
 from .adapters.chat import build_chat_adapters
 from .adapters.webhook import WebhookAdapter
+from .channels import build_channel_adapters
 from .jobs import build_job_adapters
 from .settings import RetryPolicy, Settings
 from .store import Store
@@ -41,6 +42,8 @@ def build_adapters(
             settings.request_timeout_s,
         )
     )
+    # Business flows (issue 5): the whatsapp (Z-API) and email (SMTP) channels.
+    adapters.update(build_channel_adapters(settings, client, store))
     return adapters
 
 

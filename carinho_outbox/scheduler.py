@@ -23,6 +23,7 @@ from .logs import setup_logging
 from .migrate import MigrationError, ensure_current
 from .settings import Settings, load_settings, sql_dir
 from .store import Store, make_pool
+from .syncs import CRM_JOB, FINANCEIRO_JOB
 
 log = logging.getLogger("carinho_outbox.scheduler")
 
@@ -36,10 +37,16 @@ class Periodic:
 
 
 def periodic_jobs(settings: Settings) -> list[Periodic]:
-    return [
+    jobs = [
         Periodic("retention", settings.retention_cron),
         Periodic("alerts", settings.alerts_cron),
     ]
+    # The syncs (issue 5) are enqueued only once the APIs they call are configured.
+    if settings.crm_api_url and settings.operacao_api_url:
+        jobs.append(Periodic(CRM_JOB, settings.sync_crm_cron))
+    if settings.operacao_api_url and settings.financeiro_api_url:
+        jobs.append(Periodic(FINANCEIRO_JOB, settings.sync_financeiro_cron))
+    return jobs
 
 
 def slot_key(name: str, slot: datetime) -> str:
@@ -66,6 +73,28 @@ async def enqueue_slot(store: Store, name: str, slot: datetime) -> bool:
         },
     )
     return not duplicate
+
+
+FEEDBACK_ROUTES = (("service.completed", "whatsapp"), ("service.completed", "email"))
+
+
+async def apply_feedback_delay(store: Store, settings: Settings) -> list[tuple[str, str]]:
+    """Write FEEDBACK_DELAY_S (when set) to the feedback routes that differ; routes_history
+    records it. Unset, the table keeps whatever the migration or an operator put there."""
+    if settings.feedback_delay_s is None:
+        return []
+    changed: list[tuple[str, str]] = []
+    for event_type, destination in FEEDBACK_ROUTES:
+        route = await store.route(event_type=event_type, destination=destination)
+        if route is not None and route["delay_s"] != settings.feedback_delay_s:
+            await store.set_route(
+                event_type=event_type,
+                destination=destination,
+                actor="settings:FEEDBACK_DELAY_S",
+                delay_s=settings.feedback_delay_s,
+            )
+            changed.append((event_type, destination))
+    return changed
 
 
 def build_scheduler(settings: Settings, store: Store) -> AsyncIOScheduler:
@@ -98,7 +127,12 @@ async def run_scheduler(settings: Settings, dsn: str, stop: asyncio.Event) -> No
         dsn, max_size=2, timeout_s=settings.db_pool_timeout_s, name="carinho-scheduler"
     )
     await pool.open(wait=False)
-    scheduler = build_scheduler(settings, Store(pool))
+    store = Store(pool)
+    try:
+        await apply_feedback_delay(store, settings)
+    except Exception as exc:  # the scheduler's own job matters more; retried at next start
+        log.warning("could not apply FEEDBACK_DELAY_S: %s", type(exc).__name__)
+    scheduler = build_scheduler(settings, store)
     scheduler.start()
     log.info(
         "scheduler started",

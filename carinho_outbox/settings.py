@@ -71,6 +71,16 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     db_pool_timeout_s: float = Field(default=5.0, gt=0)
 
+    # Autoscaling supervisor (`carinho-worker --processes auto`, supervisor.py): one process
+    # per AUTOSCALE_BACKLOG_PER_PROCESS due deliveries, more while the oldest waits longer than
+    # AUTOSCALE_MAX_AGE_S; at most AUTOSCALE_MAX_SHIFT processes added or removed per step and
+    # a step at most every AUTOSCALE_COOLDOWN_S (Horizon's balanceMaxShift / balanceCooldown).
+    autoscale_interval_s: float = Field(default=2.0, gt=0)
+    autoscale_cooldown_s: float = Field(default=3.0, ge=0)
+    autoscale_max_shift: int = Field(default=1, ge=1)
+    autoscale_backlog_per_process: int = Field(default=2000, ge=1)
+    autoscale_max_age_s: float = Field(default=5.0, gt=0)
+
     # Per-destination protection.
     breaker_threshold: int = Field(default=5, ge=1)
     breaker_pause_s: float = Field(default=30.0, gt=0)
@@ -137,6 +147,32 @@ class Settings(BaseSettings):
     retention_events_days: float = Field(default=30.0, ge=0)
     retention_batch: int = Field(default=5000, ge=1)
     retention_cron: str = "*/10 * * * *"
+
+    # Business flows (issue 5): automations, feedback loop, scheduled syncs.
+    # Unset: the packaged carinho_outbox/branding.toml.
+    branding_file: Path | None = None
+    # Unset: the feedback routes keep the delay in the table (7200 s from sql/0009); set, the
+    # scheduler writes it to both feedback routes at start.
+    feedback_delay_s: int | None = Field(default=None, ge=0)
+    feedback_secret: SecretStr | None = None
+    feedback_token_ttl_s: int = Field(default=7 * 86400, gt=0)
+    # Where clients reach this hub's web process (the feedback link in e-mails).
+    public_base_url: str = "http://127.0.0.1:8000"
+    smtp_timeout_s: float = Field(default=10.0, gt=0)
+    # REST APIs the syncs call (not the event webhooks of DEST_*_URL).
+    crm_api_url: str | None = None
+    crm_api_token: SecretStr | None = None
+    operacao_api_url: str | None = None
+    operacao_api_token: SecretStr | None = None
+    financeiro_api_url: str | None = None
+    financeiro_api_token: SecretStr | None = None
+    sync_crm_cron: str = "5 * * * *"
+    sync_financeiro_cron: str = "30 4 * * *"
+    sync_page_limit: int = Field(default=100, ge=1, le=1000)
+    sync_max_pages: int = Field(default=1000, ge=1)
+    # A run still marked running after this long is taken as crashed.
+    sync_stale_s: float = Field(default=3600.0, gt=0)
+    billing_tz: str = "America/Sao_Paulo"
 
     sql_dir: Path | None = None
     pgdata_dir: Path = Path(".pgdata")

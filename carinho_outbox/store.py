@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
@@ -572,6 +572,15 @@ class Store:
     async def ops_status_counts(self) -> list[dict[str, Any]]:
         return await self._fetchall("ops_status_counts", {})
 
+    async def ops_dead_range(self) -> dict[str, Any]:
+        row = await self._fetchone("ops_dead_range", {})
+        assert row is not None
+        return row
+
+    async def ops_delivered_by_destination(self) -> dict[str, int]:
+        rows = await self._fetchall("ops_delivered_by_destination", {})
+        return {r["destination"]: r["count"] for r in rows if r["count"]}
+
     async def ops_throughput(self) -> dict[str, Any]:
         row = await self._fetchone("ops_throughput", {})
         assert row is not None  # aggregates always return one row
@@ -763,7 +772,9 @@ class Store:
                     if row is None or row["event_id"] is None:
                         raise _LeadRace
                     written.append(
-                        WrittenEvent(row["event_id"], ev.type, list(row["destinations"]))
+                        WrittenEvent(
+                            row["event_id"], ev.type, list(row["destinations"]), ev.source
+                        )
                     )
                 return LeadIngest(
                     events=written,
@@ -810,6 +821,256 @@ class Store:
 
     async def prune_rate_limits(self, *, batch: int = 10_000) -> int:
         return await self._execute("prune_rate_limits", {"batch": batch})
+
+    # --- business flows: contacts, opt-outs, feedback, syncs, billing (issue 5) -----------
+
+    async def contact_get(self, *, client_id: str) -> dict[str, Any] | None:
+        return await self._fetchone("contact_get", {"client_id": client_id})
+
+    async def contact_flags(
+        self, *, phone: str | None, email: str | None, check_leads: bool
+    ) -> dict[str, Any]:
+        row = await self._fetchone(
+            "contact_flags",
+            {
+                "addresses": [a for a in (phone, email) if a],
+                "phone": phone,
+                "email": email,
+                "check_leads": check_leads,
+            },
+        )
+        assert row is not None  # a bare SELECT always returns its row
+        return row
+
+    async def opt_out_record(
+        self, *, address: str, channel: str, reason: str | None, message_id: str | None
+    ) -> bool:
+        """True when this is the address's first opt-out."""
+        row = await self._fetchone(
+            "opt_out_record",
+            {"address": address, "channel": channel, "reason": reason, "message_id": message_id},
+        )
+        return row is not None
+
+    async def feedback_request_record(
+        self,
+        *,
+        service_id: str,
+        client_id: str | None,
+        caregiver_id: str | None,
+        phone: str | None,
+        email: str | None,
+        channel: str,
+    ) -> None:
+        await self._execute(
+            "feedback_request_record",
+            {
+                "service_id": service_id,
+                "client_id": client_id,
+                "caregiver_id": caregiver_id,
+                "phone": phone,
+                "email": email,
+                "channel": channel,
+            },
+        )
+
+    async def feedback_request_get(self, *, service_id: str) -> dict[str, Any] | None:
+        return await self._fetchone("feedback_request_get", {"service_id": service_id})
+
+    async def feedback_pending_by_phone(
+        self, *, phone: str, within_s: float
+    ) -> dict[str, Any] | None:
+        return await self._fetchone(
+            "feedback_pending_by_phone", {"phone": phone, "within_s": within_s}
+        )
+
+    async def answer_feedback(
+        self,
+        *,
+        service_id: str,
+        rating: int,
+        comment: str | None,
+        channel: str,
+        source: str,
+        idempotency_key: str,
+        build: Callable[[dict[str, Any]], tuple[dict[str, Any], str | None]],
+        request_id: str | None,
+        client: str | None,
+    ) -> tuple[UUID, list[str]] | None:
+        """Mark the service's feedback answered and write `feedback.received`, one transaction.
+
+        None when it was answered before (the link and the WhatsApp reply are single-use
+        together). `build(request row)` returns the event payload and its ordering key.
+        """
+        async with (
+            self.pool.connection() as conn,
+            conn.transaction(),
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
+            await cur.execute(
+                q("feedback_answer"),
+                {
+                    "service_id": service_id,
+                    "rating": rating,
+                    "comment": comment,
+                    "channel": channel,
+                },
+            )
+            request = await cur.fetchone()
+            if request is None:
+                return None
+            payload, ordering_key = build(request)
+            await cur.execute(
+                q("ingest_event"),
+                {
+                    "type": "feedback.received",
+                    "source": source,
+                    "payload": Jsonb(payload),
+                    "idempotency_key": idempotency_key,
+                    "occurred_at": None,
+                    "request_id": request_id,
+                    "client": client,
+                    "ordering_key": ordering_key,
+                    "extra_delay_s": None,
+                },
+            )
+            row = await cur.fetchone()
+            if row is None or row["event_id"] is None:
+                # The key was used already (an event posted by hand): keep that one, and
+                # the answer recorded with it.
+                return None
+            await cur.execute(
+                q("feedback_link_event"), {"event_id": row["event_id"], "service_id": service_id}
+            )
+            return row["event_id"], list(row["destinations"])
+
+    async def sync_run_start(self, *, job: str, stale_s: float) -> tuple[int, str | None] | None:
+        """(run id, cursor) of a new run; None while another run of `job` is in progress."""
+        await self._execute("sync_abandon_stale", {"job": job, "stale_s": stale_s})
+        try:
+            row = await self._fetchone("sync_run_start", {"job": job})
+        except psycopg.errors.UniqueViolation:
+            return None
+        assert row is not None
+        return int(row["id"]), row["cursor_before"]
+
+    async def sync_run_finish(
+        self,
+        *,
+        id: int,
+        status: str,
+        pages: int,
+        counts: dict[str, Any],
+        error: str | None,
+        cursor_after: str | None,
+    ) -> None:
+        await self._execute(
+            "sync_run_finish",
+            {
+                "id": id,
+                "status": status,
+                "pages": pages,
+                "counts": Jsonb(counts),
+                "error": _clip(error, 1000),
+                "cursor_after": cursor_after,
+            },
+        )
+
+    async def sync_runs_recent(self, *, job: str | None, limit: int = 20) -> list[dict[str, Any]]:
+        return await self._fetchall("sync_runs_recent", {"job": job, "limit": limit})
+
+    async def synced_contract(self, *, contract_id: str) -> dict[str, Any] | None:
+        return await self._fetchone("synced_contract_get", {"contract_id": contract_id})
+
+    async def synced_contract_save(
+        self, *, contract_id: str, action: str, fingerprint: str, source_updated_at: str | None
+    ) -> None:
+        await self._execute(
+            "synced_contract_save",
+            {
+                "contract_id": contract_id,
+                "action": action,
+                "fingerprint": fingerprint,
+                "source_updated_at": source_updated_at,
+            },
+        )
+
+    async def billing_rates(self) -> list[dict[str, Any]]:
+        return await self._fetchall("billing_rates", {})
+
+    async def billing_holidays(self, *, first: date, last: date) -> set[date]:
+        rows = await self._fetchall("billing_holidays", {"first": first, "last": last})
+        return {r["day"] for r in rows}
+
+    async def bill_service(
+        self,
+        *,
+        service_id: str,
+        client_id: str,
+        caregiver_id: str | None,
+        period: str,
+        started_at: datetime,
+        ended_at: datetime,
+        lines: list[dict[str, Any]],
+        amount_cents: int,
+        payout_cents: int,
+        run_id: int | None,
+        external_key: str,
+    ) -> bool:
+        """True when the service was billed now, False when it had been billed before."""
+        row = await self._fetchone(
+            "bill_service",
+            {
+                "service_id": service_id,
+                "client_id": client_id,
+                "caregiver_id": caregiver_id,
+                "period": period,
+                "started_at": started_at,
+                "ended_at": ended_at,
+                "lines": Jsonb(lines),
+                "amount_cents": amount_cents,
+                "payout_cents": payout_cents,
+                "run_id": run_id,
+                "external_key": external_key,
+            },
+        )
+        return row is not None
+
+    async def invoices_dirty(self, *, limit: int) -> list[dict[str, Any]]:
+        return await self._fetchall("invoices_dirty", {"limit": limit})
+
+    async def invoice_services(self, *, client_id: str, period: str) -> list[dict[str, Any]]:
+        return await self._fetchall("invoice_services", {"client_id": client_id, "period": period})
+
+    async def invoice_pushed(
+        self, *, client_id: str, period: str, version: int, total_cents: int
+    ) -> None:
+        await self._execute(
+            "invoice_pushed",
+            {
+                "client_id": client_id,
+                "period": period,
+                "version": version,
+                "total_cents": total_cents,
+            },
+        )
+
+    async def invoice_push_failed(self, *, client_id: str, period: str, error: str) -> None:
+        await self._execute(
+            "invoice_push_failed",
+            {"client_id": client_id, "period": period, "error": _clip(error, 500)},
+        )
+
+    # --- throughput and scale: the autoscaling supervisor (issue 7) -----------------------
+
+    async def autoscale_load(
+        self, *, queues: Sequence[str], destinations: Sequence[str], cap: int = 100_000
+    ) -> list[dict[str, Any]]:
+        """Per queue: due pending deliveries (up to `cap`) and the oldest one's age in s."""
+        return await self._fetchall(
+            "autoscale_load",
+            {"queues": list(queues), "destinations": list(destinations), "cap": cap},
+        )
 
 
 class _LeadRace(Exception):

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from . import metrics
 from .adapters import Adapter
 from .mapping import MappingError
 from .protection import needs_write, plan, tally
@@ -317,6 +318,7 @@ class Worker:
             self._log_outcome(outcome, lease_held=outcome.job.id in kept)
             if outcome.job.id not in kept:
                 continue
+            metrics.observe_outcome(outcome)
             if outcome.status == "pending" and len(self._retry_times) < MAX_RETRY_TIMERS:
                 heapq.heappush(self._retry_times, time.monotonic() + outcome.delay_s)
             elif outcome.job.ordering_key is not None:

@@ -72,6 +72,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="carinho-worker", description=__doc__)
     parser.add_argument("--queues", help="comma-separated queues (default WORKER_QUEUES)")
     parser.add_argument("--concurrency", type=int, help="deliveries in flight per process")
+    parser.add_argument(
+        "--processes",
+        help="supervise worker processes: a number, or 'auto' to scale by the backlog "
+        "(supervisor.py); default: this process is the worker",
+    )
+    parser.add_argument("--min-processes", type=int, default=1, help="with --processes auto")
+    parser.add_argument("--max-processes", type=int, default=4, help="with --processes auto")
     return parser.parse_args(argv)
 
 
@@ -85,6 +92,20 @@ def main(argv: list[str] | None = None) -> None:
     except MigrationError as exc:
         print(f"carinho-worker: {exc}", file=sys.stderr)
         sys.exit(2)
+    if args.processes:
+        from .supervisor import main as supervise
+
+        sys.exit(
+            supervise(
+                settings,
+                dsn,
+                processes=args.processes,
+                min_processes=args.min_processes,
+                max_processes=args.max_processes,
+                queues=args.queues,
+                concurrency=args.concurrency,
+            )
+        )
     queues = [q for q in (args.queues or "").split(",") if q] or None
 
     async def _main() -> None:

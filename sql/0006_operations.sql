@@ -21,6 +21,9 @@ create index deliveries_retrying on deliveries (destination, attempts)
 create index deliveries_delivered_dest on deliveries (destination, finished_at)
     where status = 'delivered';
 
+-- Dead letters per destination: an index-only count (deliveries_dead is ordered by time).
+create index deliveries_dead_dest on deliveries (destination) where status = 'dead';
+
 -- Failed attempts over the last minutes (throughput "failed") without touching the far
 -- larger set of successful attempts.
 create index webhook_deliveries_failed on webhook_deliveries (created_at)

@@ -419,7 +419,8 @@ async def test_route_changes_are_validated_recorded_and_used_by_ingress(
         [],
     )
     _, destinations, _ = await ingest(store, LEAD, PAYLOADS[LEAD], "site")
-    assert destinations == ["crm"]  # the route is data the ingress reads on every event
+    # The route is data the ingress reads on every event: marketing is gone.
+    assert destinations == ["crm", "whatsapp"]
 
     # The same values again are not a change.
     await admin.set_route(LEAD, "marketing", RouteChange(enabled=False), actor="cli:ana")
@@ -436,7 +437,7 @@ async def test_route_changes_are_validated_recorded_and_used_by_ingress(
         ("update", f"db:{db_user}", "10", "11", "true"),
     ]
     event_id, destinations, _ = await ingest(store, LEAD, PAYLOADS[LEAD], "site")
-    assert destinations == ["crm", "marketing"]
+    assert destinations == ["crm", "marketing", "whatsapp"]
     assert db.execute(
         "select priority from deliveries where event_id = %s and destination = 'marketing'",
         (event_id,),

@@ -148,10 +148,9 @@ def test_status_reports_counts_throughput_retries_dlq_lag_and_held(
         ("retrying", "service.scheduled", "crm"): 1,
         ("retrying", "service.scheduled", "operacao"): 1,
         ("running", "service.scheduled", "cuidadores"): 1,
-        ("delivered_1h", "service.scheduled", "financeiro"): 1,
-        ("delivered_1h", "lead.created", "crm"): 1,
         ("dead", "lead.created", "crm"): 1,
     }
+    assert s["delivered_1h_by_destination"] == {"crm": 1, "financeiro": 1}
     assert s["totals"] == {
         "pending": 2,
         "retrying": 2,
@@ -193,6 +192,8 @@ def _plan_nodes(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
 OPS_QUERIES: dict[str, dict[str, Any]] = {
     "ops_destinations": {"destinations": ["crm", "operacao"]},
     "ops_status_counts": {},
+    "ops_delivered_by_destination": {},
+    "ops_dead_range": {},
     "ops_throughput": {},
     "ops_retry_figures": {},
     "ops_lag": {"window_s": 900, "sample": 10000},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -12,6 +11,7 @@ import psycopg
 import pytest
 
 from carinho_outbox import signing
+from carinho_outbox import store as store_module
 from carinho_outbox.store import Store
 from carinho_outbox.web.auth import Principal
 from carinho_outbox.web.ratelimit import Quota, key_quota, rate_headers
@@ -152,21 +152,29 @@ def test_public_webhooks_are_limited_per_address_before_authentication(
     ]
 
 
-def measure(c: Any, key: str, n: int) -> float:
-    started = time.perf_counter()
-    for _ in range(n):
-        assert c.post("/events", headers=bearer(key), json=GOOD).status_code == 202
-    return (time.perf_counter() - started) / n * 1000
-
-
-@pytest.mark.slow
-def test_rate_limit_costs_about_one_short_statement(dsn: str) -> None:
-    """Rough, in-process: the limiter adds one round trip, well under a millisecond here."""
-    on = make_key(dsn, "on", ["crm"], rate_per_s=1e6, burst=1_000_000)
+def test_the_limiter_costs_exactly_one_statement_per_request(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement goes through store.q(name): count them for a limited and an unlimited
+    key. (Measured latency is in docs_drafts/ingress.md; timings are too noisy to assert.)"""
+    on = make_key(dsn, "on", ["crm"], rate_per_s=1000, burst=1000)
     off = make_key(dsn, "off", ["crm"], rate_per_s=0)
-    with client(make_settings(), dsn) as c:
-        measure(c, on, 30), measure(c, off, 30)  # warm up both paths
-        with_ms = min(measure(c, on, 100) for _ in range(3))
-        without_ms = min(measure(c, off, 100) for _ in range(3))
-    print(f"POST /events: {without_ms:.2f} ms without the limiter, {with_ms:.2f} ms with")
-    assert with_ms - without_ms < 2.0
+    names: list[str] = []
+
+    def counting_q(name: str) -> Any:
+        names.append(name)
+        return real_q(name)
+
+    real_q = store_module.q
+    monkeypatch.setattr(store_module, "q", counting_q)
+    with client(make_settings(AUTH_CACHE_S="60"), dsn) as c:
+        for key in (on, off):  # warm the catalog and the key caches
+            assert c.post("/events", headers=bearer(key), json=GOOD).status_code == 202
+        names.clear()
+        assert c.post("/events", headers=bearer(off), json=GOOD).status_code == 202
+        unlimited = list(names)
+        names.clear()
+        assert c.post("/events", headers=bearer(on), json=GOOD).status_code == 202
+        limited = list(names)
+    assert limited == ["take_token", *unlimited]
+    assert "take_token" not in unlimited

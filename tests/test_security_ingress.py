@@ -182,6 +182,8 @@ JSON = st.recursive(
     max_leaves=20,
 )
 TYPES = sorted(PAYLOADS)
+PHONES = st.from_regex(r"(\+?55)? ?\(?[1-9][0-9]\)? ?9?[0-9]{4}-?[0-9]{4}", fullmatch=True)
+LID_SAMPLE = "81896604192873@lid"
 PROPERTY = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -194,20 +196,28 @@ def assert_handled(r: Any) -> None:
         assert set(r.json()["error"]) >= {"code", "message"}
 
 
+def mutated(base: st.SearchStrategy[dict[str, Any]], keys: st.SearchStrategy[str],
+            values: st.SearchStrategy[Any], max_size: int = 3) -> st.SearchStrategy[Any]:
+    """A valid document with a few fields replaced: reaches the deep paths, not just 422s."""
+    return st.tuples(base, st.dictionaries(keys, values, max_size=max_size)).map(
+        lambda pair: {**pair[0], **pair[1]}
+    )
+
+
 def test_events_endpoint_never_answers_500(dsn: str) -> None:
-    key = make_key(dsn, "fuzzer", ["crm", "operacao", "financeiro", "zapi", "site"])
+    key = make_key(dsn, "fuzzer", ["crm", "operacao", "financeiro", "zapi"])
+    payload_keys = st.sampled_from(sorted({k for p in PAYLOADS.values() for k in p}))
+    payloads = st.sampled_from(TYPES).flatmap(
+        lambda t: st.tuples(st.just(t), mutated(st.just(dict(PAYLOADS[t])), payload_keys | TEXT,
+                                                JSON | PHONES, max_size=2))
+    )
     envelope = st.one_of(
         JSON,
-        st.fixed_dictionaries(
-            {"type": st.sampled_from(TYPES) | TEXT},
-            optional={
-                "payload": st.sampled_from(TYPES).map(lambda t: dict(PAYLOADS[t]))
-                | st.dictionaries(TEXT, JSON, max_size=6),
-                "source": st.sampled_from(["crm", "site", "zapi", "nope"]) | TEXT,
-                "idempotency_key": TEXT | st.integers(),
-                "occurred_at": TEXT | st.just("2026-01-01T10:00:00-03:00"),
-            },
-        ),
+        st.tuples(payloads, st.dictionaries(
+            st.sampled_from(["source", "idempotency_key", "occurred_at", "type"]),
+            st.sampled_from(["crm", "zapi", "site", "2026-01-01T10:00:00-03:00"]) | JSON,
+            max_size=1,
+        )).map(lambda x: {"type": x[0][0], "payload": x[0][1], **x[1]}),
     )
     with client(make_settings(**NO_LIMITS), dsn) as c:
 
@@ -226,15 +236,17 @@ def test_site_webhook_never_answers_500(dsn: str) -> None:
         "name", "nome", "phone", "telefone", "celular", "email", "e-mail", "message",
         "page_url", "consent", "utm_source", "utm_campaign", "gclid", "fbclid", "extra",
     ])
-    values = st.one_of(
-        JSON, st.just("Maria"), st.just("maria@example.com"), st.just("11987654321"),
-        st.just("sim"),
+    values = st.one_of(JSON, PHONES, st.just("maria@example.com"), st.just("sim"))
+    base = st.fixed_dictionaries(
+        {"name": st.just("Maria")},
+        optional={"phone": PHONES, "email": st.sampled_from(["a@b.com", "A@B.COM "]),
+                  "utm_source": st.sampled_from(["google", "meta"])},
     )
-    forms = st.one_of(JSON, st.dictionaries(fields, values, max_size=8))
+    forms = st.one_of(JSON, mutated(base, fields, values), base)
     with client(make_settings(SITE_WEBHOOK_SECRET=SITE_SECRET, **NO_LIMITS), dsn) as c:
 
         @PROPERTY
-        @given(doc=forms, msg_id=st.sampled_from(["a", "b"]) | st.uuids().map(str))
+        @given(doc=forms, msg_id=st.uuids().map(str) | st.just("repeated-id"))
         def check(doc: Any, msg_id: str) -> None:
             assert_handled(signed_post(c, doc, msg_id))
 
@@ -251,12 +263,12 @@ def test_whatsapp_webhook_never_answers_500(dsn: str) -> None:
     ])
     nested = st.one_of(JSON, st.fixed_dictionaries({"message": JSON}),
                        st.fixed_dictionaries({"buttonId": JSON, "message": JSON}))
-    callbacks = st.one_of(
-        JSON,
-        st.tuples(st.sampled_from(samples), st.dictionaries(keys, nested, max_size=4)).map(
-            lambda pair: {**pair[0], **pair[1]}
-        ),
+    # Fresh message ids and phones, so accepted messages and new leads are reached too.
+    fresh = st.tuples(st.sampled_from(samples), st.uuids(), PHONES | st.just(LID_SAMPLE)).map(
+        lambda x: {**x[0], "messageId": str(x[1]), "phone": x[2]}
+        if x[0].get("type") == "ReceivedCallback" else x[0]
     )
+    callbacks = st.one_of(JSON, fresh, mutated(fresh, keys, nested, max_size=4))
     with client(make_settings(ZAPI_WEBHOOK_TOKEN=ZAPI_TOKEN, **NO_LIMITS), dsn) as c:
 
         @PROPERTY

@@ -11,9 +11,10 @@ writes everything to bench-results/bench-<time>.json. Knobs (environment, defaul
   BENCH_CLAIM_BACKLOG=120000          pending rows for the bare claim loop
   BENCH_ENGINE_BACKLOG=40000          pending deliveries for the first engine run (then sized
                                       from the measured rate)
-  BENCH_HISTORY_ROWS=2000000          finished deliveries for the flat-cost check (0: skip)
+  BENCH_HISTORY_ROWS=5000000          finished deliveries for the flat-cost check (0: skip)
   BENCH_LATENCY_EVENTS=100            events sent one by one to an idle worker
-  BENCH_OFFERED_RATE=200  BENCH_OFFERED_S=5   fixed offered load for latency (events/s, s)
+  BENCH_OFFERED_RATE=auto BENCH_OFFERED_S=5   offered load for latency (events/s; auto: 40%
+                                      of the measured 1-process engine rate, at most 200)
   BENCH_PROFILE=0                     1: py-spy profile of a worker and a web process
   BENCH_ONLY=                         comma list among ceilings,peers,ingress,engine,latency,
                                       history (default: all)
@@ -25,6 +26,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -90,9 +92,9 @@ class Config:
             concurrency=_env_int("BENCH_WORKER_CONCURRENCY", 100),
             claim_backlog=_env_int("BENCH_CLAIM_BACKLOG", 120_000),
             engine_backlog=_env_int("BENCH_ENGINE_BACKLOG", 40_000),
-            history_rows=_env_int("BENCH_HISTORY_ROWS", 2_000_000),
+            history_rows=_env_int("BENCH_HISTORY_ROWS", 5_000_000),
             latency_events=_env_int("BENCH_LATENCY_EVENTS", 100),
-            offered_rate=_env_float("BENCH_OFFERED_RATE", 200.0),
+            offered_rate=_env_float("BENCH_OFFERED_RATE", 0.0),
             offered_s=_env_float("BENCH_OFFERED_S", 5.0),
             profile=os.environ.get("BENCH_PROFILE", "0") not in ("", "0", "false"),
             only=only or {"ceilings", "peers", "ingress", "engine", "latency", "history"},
@@ -118,12 +120,12 @@ class Results:
         return fig.value if fig else float("nan")
 
 
-def engine_backlog_for(rate: float, cfg: Config, workers: int) -> int:
+def engine_backlog_for(rate: float, cfg: Config, workers: int, floor: int = 10_000) -> int:
     """Enough pending deliveries for warm-up + windows at `rate`, with margin."""
     if not rate or math.isnan(rate):
         return cfg.engine_backlog
     seconds = 3.0 + cfg.warmup_s + cfg.windows * cfg.window_s
-    return int(max(10_000, rate * seconds * 1.6 * (1.3 if workers > 1 else 1.0)))
+    return int(max(floor, rate * seconds * 1.6 * (1.3 if workers > 1 else 1.0)))
 
 
 def run_ceilings(cfg: Config, res: Results, server: Any, receiver: Receiver, run_dir: Path) -> None:
@@ -139,10 +141,21 @@ def run_ceilings(cfg: Config, res: Results, server: Any, receiver: Receiver, run
         "httpx_loop",
         ceilings.httpx_ceiling(receiver.url("/hook"), cfg.concurrency, cfg.win, 8),
     )
+    try:
+        res.add(
+            "aiohttp_loop",
+            ceilings.aiohttp_ceiling(receiver.url("/hook"), cfg.concurrency, cfg.win),
+        )
+    except ImportError:
+        log("aiohttp not installed: pip install -e '.[bench]'")
     with scratch_db(server, "ceil") as dsn:
         for conns in (1, cfg.conns):
             res.add(f"insert1_{conns}", ceilings.insert_ceiling(dsn, conns, 1, cfg.win))
             res.add(f"insert100_{conns}", ceilings.insert_ceiling(dsn, conns, 100, cfg.win))
+        res.add(
+            f"insert1_notify_{cfg.conns}",
+            ceilings.insert_ceiling(dsn, cfg.conns, 1, cfg.win, notify=True),
+        )
         claim_win = Windows(0.5, max(1.0, cfg.window_s / 2), cfg.windows)
         for procs in (1, 2):
             res.add(
@@ -171,6 +184,20 @@ def run_ours(cfg: Config, res: Results, server: Any, receiver: Receiver, run_dir
                     res.extra[f"web_rss_mb_{n}"] = round(run.rss_mb, 1)
                     res.extra.setdefault("web_rss_mb", 0.0)
                     res.extra["web_rss_mb"] = max(res.extra["web_rss_mb"], round(run.rss_mb, 1))
+                best = max(cfg.web_procs, key=lambda n: res.get(f"ingress_{n}"))
+                run = ours.ingress_rate(
+                    procs,
+                    keys,
+                    web_procs=best,
+                    connections=cfg.conns,
+                    warmup_s=cfg.warmup_s,
+                    window_s=cfg.window_s + 1,
+                    windows=cfg.windows,
+                    limiter=False,
+                )
+                res.add("ingress_nolimit", run.figure)
+                if cfg.profile:
+                    _profile_web(cfg, res, procs, keys, run_dir)
             if "engine" in cfg.only:
                 _engine(cfg, res, procs, run_dir)
             if "latency" in cfg.only:
@@ -203,7 +230,7 @@ def _engine(cfg: Config, res: Results, procs: ours.Procs, run_dir: Path) -> None
         workers=1,
         noop=True,
         concurrency=cfg.concurrency,
-        backlog=engine_backlog_for(res.get("engine_http_1") * 2, cfg, 1),
+        backlog=engine_backlog_for(res.get("engine_http_1"), cfg, 1, floor=cfg.engine_backlog),
         warmup_s=cfg.warmup_s,
         window_s=cfg.window_s,
         windows=cfg.windows,
@@ -214,12 +241,24 @@ def _engine(cfg: Config, res: Results, procs: ours.Procs, run_dir: Path) -> None
         workers=1,
         kind="sharded",
         concurrency=cfg.concurrency,
-        backlog=engine_backlog_for(res.get("engine_http_1") * 3, cfg, 1),
+        backlog=engine_backlog_for(res.get("engine_http_1"), cfg, 1, floor=cfg.engine_backlog),
         warmup_s=cfg.warmup_s,
         window_s=cfg.window_s,
         windows=cfg.windows,
     )
     res.add("engine_sharded_1", run.figure)
+    run = ours.engine_rate(
+        procs,
+        workers=1,
+        kind="aiohttp",
+        concurrency=cfg.concurrency,
+        backlog=engine_backlog_for(res.get("engine_noop_1"), cfg, 1, floor=cfg.engine_backlog),
+        warmup_s=cfg.warmup_s,
+        window_s=cfg.window_s,
+        windows=cfg.windows,
+    )
+    res.add("engine_aiohttp_1", run.figure)
+    res.extra["worker_rss_mb_aiohttp"] = round(run.rss_mb, 1)
     if cfg.profile:
         _profile_worker(cfg, res, procs, run_dir)
 
@@ -250,6 +289,32 @@ def _profile_worker(cfg: Config, res: Results, procs: ours.Procs, run_dir: Path)
             res.extra["worker_profile"] = prof.summarise(raw)
 
 
+def _profile_web(
+    cfg: Config, res: Results, procs: ours.Procs, keys: ours.Keys, run_dir: Path
+) -> None:
+    raw = run_dir / "web-profile.txt"
+    holder: dict[str, Any] = {}
+
+    def on_running(pids: list[int]) -> None:
+        holder["p"] = prof.start(pids[0], raw, (cfg.window_s + 1) * cfg.windows)
+
+    ours.ingress_rate(
+        procs,
+        keys,
+        web_procs=1,
+        connections=cfg.conns,
+        warmup_s=cfg.warmup_s,
+        window_s=cfg.window_s + 1,
+        windows=cfg.windows,
+        on_running=on_running,
+    )
+    p = holder.get("p")
+    if p is not None:
+        p.wait(timeout=60)
+        if raw.exists():
+            res.extra["web_profile"] = prof.summarise(raw)
+
+
 def _latency(cfg: Config, res: Results, procs: ours.Procs, keys: ours.Keys) -> None:
     webs = procs.start_webs(1, 4)
     workers = procs.start_workers(1, cfg.concurrency, noop=False)
@@ -274,8 +339,13 @@ def _latency(cfg: Config, res: Results, procs: ours.Procs, keys: ours.Keys) -> N
             ),
         )
         res.add("latency_idle_p99", Figure("end-to-end latency, idle worker, p99", idle.p99, "ms"))
-        n = int(cfg.offered_rate * cfg.offered_s)
-        loaded = ours.latency(procs, keys, web_port=port, events=n, rate_per_s=cfg.offered_rate)
+        rate = cfg.offered_rate
+        if rate <= 0:
+            capacity = res.get("engine_http_1")
+            rate = 100.0 if math.isnan(capacity) else min(200.0, max(10.0, 0.4 * capacity / 2))
+        cfg.offered_rate = rate
+        n = int(rate * cfg.offered_s)
+        loaded = ours.latency(procs, keys, web_port=port, events=n, rate_per_s=rate)
         res.add(
             "latency_rate_p50",
             Figure(
@@ -299,18 +369,20 @@ def _latency(cfg: Config, res: Results, procs: ours.Procs, keys: ours.Keys) -> N
 
 
 def _history(cfg: Config, res: Results, procs: ours.Procs, keys: ours.Keys) -> None:
-    est = res.get("engine_http_1")
-    backlog = engine_backlog_for(est, cfg, 1)
+    # The engine core (no HTTP): the figure most sensitive to what the claim and the flush
+    # cost, which is what history could slow down.
+    est = res.get("engine_noop_1")
+    backlog = engine_backlog_for(est, cfg, 1, floor=cfg.engine_backlog)
     empty = ours.engine_rate(
         procs,
         workers=1,
-        noop=False,
+        noop=True,
         concurrency=cfg.concurrency,
         backlog=backlog,
         warmup_s=cfg.warmup_s,
         window_s=cfg.window_s,
         windows=cfg.windows,
-        label="engine, empty history (just before the fill)",
+        label="engine core (no-op adapter), empty history (just before the fill)",
     )
     res.add("history_empty", empty.figure)
     timings = ours.fill_history(procs.dsn, cfg.history_rows)
@@ -318,14 +390,14 @@ def _history(cfg: Config, res: Results, procs: ours.Procs, keys: ours.Keys) -> N
     full = ours.engine_rate(
         procs,
         workers=1,
-        noop=False,
+        noop=True,
         concurrency=cfg.concurrency,
-        backlog=engine_backlog_for(empty.figure.value, cfg, 1),
+        backlog=engine_backlog_for(empty.figure.value, cfg, 1, floor=cfg.engine_backlog),
         warmup_s=cfg.warmup_s,
         window_s=cfg.window_s,
         windows=cfg.windows,
         truncate=False,
-        label=f"engine, {cfg.history_rows:,} finished deliveries in the table",
+        label=f"engine core (no-op adapter), {cfg.history_rows:,} finished deliveries in table",
     )
     res.add("history_full", full.figure)
     webs = procs.start_webs(1, 4)
@@ -371,14 +443,44 @@ def targets(res: Results) -> list[dict[str, Any]]:
             ">=",
         ),
         (
-            "engine (in-process no-op, 1 proc) / pgqueuer no-op jobs",
+            "  same, aiohttp client prototype / pgqueuer no-op jobs",
+            ratio(g("engine_aiohttp_1"), g("pgqueuer_noop")),
+            3.0,
+            ">=",
+        ),
+        (
+            "  same, aiohttp client prototype / bare claim loop",
+            ratio(g("engine_aiohttp_1"), g("claim_1")),
+            0.25,
+            ">=",
+        ),
+        (
+            "engine core (in-process no-op adapter) / pgqueuer no-op jobs",
             ratio(g("engine_noop_1"), g("pgqueuer_noop")),
             3.0,
             ">=",
         ),
         (
-            "HTTP dispatch (engine 1 proc) / bare httpx loop",
+            "engine core (in-process no-op adapter) / bare claim loop",
+            ratio(g("engine_noop_1"), g("claim_1")),
+            0.25,
+            ">=",
+        ),
+        (
+            "HTTP dispatch (engine 1 proc) / best bare httpx loop (sharded)",
             ratio(g("engine_http_1"), g("httpx_loop")),
+            0.70,
+            ">=",
+        ),
+        (
+            "HTTP dispatch (engine 1 proc) / bare httpx loop, one client as the engine",
+            ratio(g("engine_http_1"), g("httpx_loop_one")),
+            0.70,
+            ">=",
+        ),
+        (
+            "  same, aiohttp client prototype / bare aiohttp loop",
+            ratio(g("engine_aiohttp_1"), g("aiohttp_loop")),
             0.70,
             ">=",
         ),
@@ -397,7 +499,7 @@ def targets(res: Results) -> list[dict[str, Any]]:
         ),
         ("idle latency p99 (ms)", g("latency_idle_p99"), 25.0, "<="),
         (
-            "engine with history / empty table",
+            "engine core with history / empty table",
             ratio(g("history_full"), g("history_empty")),
             0.90,
             ">=",
@@ -456,7 +558,13 @@ def print_report(res: Results, checks: list[dict[str, Any]], meta: dict[str, Any
     print("-" * (width + 30))
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # Unwind through the finally blocks: child processes stopped, scratch databases dropped.
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     cfg = Config.from_env()
     started = time.time()
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -29,8 +29,8 @@ from .common import (
     EVENT_TYPE,
     PAYLOAD,
     Figure,
+    event_payload,
     figure,
-    lead_payload,
     log,
 )
 from .wrk import run_wrk, write_lua
@@ -65,21 +65,20 @@ def _bucket(counts: list[int], bounds: list[float], now: float, n: int) -> None:
 
 
 async def _insert_child(
-    dsn: str, conns: int, batch: int, bounds: list[float], seed: int
+    dsn: str, conns: int, batch: int, bounds: list[float], seed: int, notify: bool = False
 ) -> list[int]:
     counts = [0] * (len(bounds) - 1)
     end = bounds[-1]
 
     async def one(k: int) -> None:
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            i = seed * 1_000_000 + k * 100_000
             while True:
                 now = time.time()
                 if now >= end:
                     return
                 if batch == 1:
                     await conn.execute(
-                        st.INSERT_ONE,
+                        st.INSERT_ONE_NOTIFY if notify else st.INSERT_ONE,
                         {"type": EVENT_TYPE, "source": EVENT_SOURCE, "payload": Jsonb(PAYLOAD)},
                     )
                 else:
@@ -91,7 +90,6 @@ async def _insert_child(
                             "payloads": [Jsonb(PAYLOAD)] * batch,
                         },
                     )
-                i += batch
                 _bucket(counts, bounds, time.time(), batch)
 
     await asyncio.gather(*(one(k) for k in range(conns)))
@@ -120,7 +118,7 @@ async def _httpx_child(
     import httpx
 
     counts = [0] * (len(bounds) - 1)
-    body = json.dumps({"id": "x", "type": EVENT_TYPE, "data": lead_payload()}).encode()
+    body = json.dumps({"id": "x", "type": EVENT_TYPE, "data": event_payload()}).encode()
     headers = {"content-type": "application/json", "webhook-id": "dlv_1"}
     per = min(per_client, concurrency)
     n_clients = -(-concurrency // per)
@@ -141,10 +139,37 @@ async def _httpx_child(
     return counts
 
 
+async def _aiohttp_child(url: str, concurrency: int, bounds: list[float]) -> list[int]:
+    import aiohttp
+
+    counts = [0] * (len(bounds) - 1)
+    body = json.dumps({"id": "x", "type": EVENT_TYPE, "data": event_payload()}).encode()
+    headers = {"content-type": "application/json", "webhook-id": "dlv_1"}
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one() -> None:
+            while time.time() < bounds[-1]:
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status == 200:
+                        _bucket(counts, bounds, time.time(), 1)
+
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+    return counts
+
+
 def _child_main(kind: str, args: dict[str, Any]) -> list[int]:
     if kind == "insert":
         return asyncio.run(
-            _insert_child(args["dsn"], args["conns"], args["batch"], args["bounds"], args["seed"])
+            _insert_child(
+                args["dsn"],
+                args["conns"],
+                args["batch"],
+                args["bounds"],
+                args["seed"],
+                args.get("notify", False),
+            )
         )
     if kind == "claim":
         return _claim_child(args["dsn"], args["batch"], args["bounds"], args["seed"])
@@ -152,6 +177,8 @@ def _child_main(kind: str, args: dict[str, Any]) -> list[int]:
         return asyncio.run(
             _httpx_child(args["url"], args["concurrency"], args["bounds"], args["per_client"])
         )
+    if kind == "aiohttp":
+        return asyncio.run(_aiohttp_child(args["url"], args["concurrency"], args["bounds"]))
     raise ValueError(kind)
 
 
@@ -177,9 +204,11 @@ def _split(total: int, parts: int) -> list[int]:
 # --- measurements ---------------------------------------------------------------------------
 
 
-def insert_ceiling(dsn: str, conns: int, batch: int, windows: Windows) -> Figure:
+def insert_ceiling(
+    dsn: str, conns: int, batch: int, windows: Windows, notify: bool = False
+) -> Figure:
     procs = 1 if conns == 1 else 2
-    per = [{"dsn": dsn, "conns": c, "batch": batch} for c in _split(conns, procs)]
+    per = [{"dsn": dsn, "conns": c, "batch": batch, "notify": notify} for c in _split(conns, procs)]
     counts = run_children("insert", per, windows)
     rates = [c / windows.window_s for c in counts]
     what = "commits/s" if batch == 1 else "rows/s"
@@ -188,6 +217,8 @@ def insert_ceiling(dsn: str, conns: int, batch: int, windows: Windows) -> Figure
         if batch == 1
         else f"raw INSERT {batch} rows/commit, {conns} conn"
     )
+    if notify:
+        name += ", with pg_notify in the transaction"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("truncate events cascade")
     return figure(name, rates, what)
@@ -239,6 +270,12 @@ def httpx_ceiling(url: str, concurrency: int, windows: Windows, per_client: int)
         else f"{-(-concurrency // per_client)} clients x {per_client} conns"
     )
     return figure(f"bare httpx loop, concurrency {concurrency}, {how}, 1 proc", rates, "POST/s")
+
+
+def aiohttp_ceiling(url: str, concurrency: int, windows: Windows) -> Figure:
+    counts = run_children("aiohttp", [{"url": url, "concurrency": concurrency}], windows)
+    rates = [c / windows.window_s for c in counts]
+    return figure(f"bare aiohttp loop, concurrency {concurrency}, 1 proc", rates, "POST/s")
 
 
 def wrk_ceiling(url: str, lua_dir: Any, connections: int, windows: Windows) -> Figure:

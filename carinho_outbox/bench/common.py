@@ -30,33 +30,37 @@ from ..settings import sql_dir
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS_DIR = ROOT / "bench-results"
 
-# lead.created fans out to crm and marketing: the "2 destinations" of every measurement.
-EVENT_TYPE = "lead.created"
-EVENT_SOURCE = "site"
-DESTINATIONS = ("crm", "marketing")
+# payment.received fans out to crm and operacao: the "2 destinations" of every measurement
+# (lead.created gained a WhatsApp greeting route, so it now makes 3 deliveries).
+EVENT_TYPE = "payment.received"
+EVENT_SOURCE = "financeiro"
+DESTINATIONS = ("crm", "operacao")
 
 
-def lead_payload(i: int = 0) -> dict[str, Any]:
-    """A valid lead.created payload of about 500 bytes (compact JSON)."""
+def event_payload(i: int = 0) -> dict[str, Any]:
+    """A valid payment.received payload of about 500 bytes (compact JSON), one client per i
+    (per-key ordering is by client_id: distinct clients must not serialise the benchmark)."""
     return {
-        "name": "Maria Aparecida de Souza Lima",
-        # Distinct people: per-key ordering (by phone) must not serialise the benchmark.
-        "phone": f"+55419{i % 100_000_000:08d}",
-        "email": f"maria.souza.{i}@example.com",
-        "message": (
-            "Boa tarde, gostaria de um orçamento de cuidadora para minha mãe de 82 anos, "
-            "período diurno de segunda a sexta, com ajuda para banho, medicação e caminhada. "
-            "Moramos no bairro Água Verde."
+        "payment_id": f"pay-{i:08d}",
+        "invoice_id": f"inv-2026-11-{i:08d}",
+        "client_id": f"cli-{i:08d}",
+        "amount_cents": 185000,
+        "paid_at": "2026-11-29T10:15:00-03:00",
+        "method": "pix",
+        "payer_name": "Maria Aparecida de Souza Lima",
+        "description": (
+            "Mensalidade de novembro: cuidadora diurna, segunda a sexta, 8h às 18h, "
+            "com acompanhamento em consultas e medicação."
         ),
-        "page_url": "https://www.carinho.com.br/cuidadores/curitiba?ref=home-banner",
-        "utm_source": "google",
-        "utm_medium": "cpc",
-        "utm_campaign": "cuidadores-curitiba-2026",
-        "consent": True,
+        "reference": f"E2E-{i:032d}",
+        "bank": "Banco do Brasil",
+        "notes": "Pago via Pix; comprovante enviado pelo WhatsApp.",
+        "installment": 1,
+        "installments": 1,
     }
 
 
-PAYLOAD = lead_payload()
+PAYLOAD = event_payload()
 PAYLOAD_BYTES = len(json.dumps(PAYLOAD, separators=(",", ":"), ensure_ascii=False).encode())
 
 

@@ -22,14 +22,15 @@ from . import statements as st
 from .ceilings import fill_pending
 from .common import (
     DESTINATIONS,
+    EVENT_SOURCE,
     EVENT_TYPE,
     Child,
     Figure,
     Receiver,
     RssSampler,
     child_env,
+    event_payload,
     figure,
-    lead_payload,
     log,
     median,
     percentile,
@@ -44,6 +45,7 @@ WORKER_MODULES = {
     "http": "carinho_outbox.worker_cli",
     "noop": "carinho_outbox.bench.noop_worker",
     "sharded": "carinho_outbox.bench.proto_worker",
+    "aiohttp": "carinho_outbox.bench.proto_worker",
 }
 
 
@@ -55,7 +57,8 @@ def free_port() -> int:
 
 @dataclass
 class Keys:
-    ingest: str
+    ingest: str  # rate limiter on, with a quota far above the load (the limiter's cost counts)
+    unlimited: str  # rate limiter off for this key (rate 0)
     admin: str
 
 
@@ -65,9 +68,24 @@ async def _make_keys(dsn: str) -> Keys:
     try:
         store = Store(pool)
         stamp = int(time.time() * 1000)
-        ingest = await create_key(store, name=f"bench-{stamp}", sources=["site"], admin=False)
+        ingest = await create_key(
+            store,
+            name=f"bench-{stamp}",
+            sources=[EVENT_SOURCE],
+            admin=False,
+            rate_per_s=1_000_000.0,
+            burst=1_000_000,
+        )
+        unlimited = await create_key(
+            store,
+            name=f"bench-nolimit-{stamp}",
+            sources=[EVENT_SOURCE],
+            admin=False,
+            rate_per_s=0.0,
+            burst=0,
+        )
         admin = await create_key(store, name=f"bench-admin-{stamp}", sources=[], admin=True)
-        return Keys(ingest, admin)
+        return Keys(ingest, unlimited, admin)
     finally:
         await pool.close()
 
@@ -100,6 +118,7 @@ class Procs:
     ) -> list[Child]:
         kind = kind or ("noop" if noop else "http")
         module = WORKER_MODULES[kind]
+        extra = {**extra, "BENCH_PROTO_CLIENT": kind}
         started = [
             Child(
                 python_module(module),
@@ -231,6 +250,7 @@ def engine_rate(
         "http": "HTTP no-op receiver",
         "noop": "in-process no-op adapter",
         "sharded": "HTTP no-op receiver, sharded httpx client (prototype)",
+        "aiohttp": "HTTP no-op receiver, aiohttp client (prototype)",
     }[kind]
     name = label or f"engine, {what}, {workers} proc, concurrency {concurrency}"
     return EngineRun(figure(name, rates, "deliveries/s", note), rss.peak_mb, pids)
@@ -256,18 +276,23 @@ def ingress_rate(
     warmup_s: float,
     window_s: float,
     windows: int,
+    limiter: bool = True,
+    on_running: Any = None,
 ) -> IngressRun:
     with connect(procs.dsn) as conn:
         conn.execute(st.TRUNCATE_OUTBOX)
     pool = max(1, connections // web_procs)
     webs = procs.start_webs(web_procs, pool)
     urls = [f"http://127.0.0.1:{port}/events" for _, port in webs]
-    lua = write_lua(procs.logs / "ingress.lua", key=keys.ingest)
+    key = keys.ingest if limiter else keys.unlimited
+    lua = write_lua(procs.logs / f"ingress-{'limited' if limiter else 'nolimit'}.lua", key=key)
     rates: list[float] = []
     errors = 0
     try:
         with RssSampler(lambda: [c.pid for c, _ in webs]) as rss:
             run_wrk_many(urls, lua, connections=connections, duration_s=warmup_s)
+            if on_running is not None:
+                on_running([c.pid for c, _ in webs])
             for _ in range(windows):
                 results = run_wrk_many(urls, lua, connections=connections, duration_s=window_s)
                 rates.append(sum(r.rate for r in results))
@@ -283,8 +308,9 @@ def ingress_rate(
     note = f"{per_event:.2f} deliveries per event; DB pool {pool} per process"
     if errors:
         note += f"; {errors} non-2xx/socket errors"
+    what = "key rate limit on (high quota)" if limiter else "key rate limit off"
     fig = figure(
-        f"ingress POST /events via HTTP, {web_procs} web proc, {connections} conns",
+        f"ingress POST /events, {web_procs} web proc, {connections} conns, {what}",
         rates,
         "events/s",
         note,
@@ -308,7 +334,7 @@ async def _post_events(
             nonlocal ok
             r = await client.post(
                 url,
-                json={"type": EVENT_TYPE, "payload": lead_payload(base + i)},
+                json={"type": EVENT_TYPE, "payload": event_payload(base + i)},
                 headers=headers,
             )
             ok += r.status_code == 202
@@ -387,7 +413,11 @@ def fill_history(dsn: str, deliveries: int) -> dict[str, float]:
             (
                 "events",
                 st.FILL_HISTORY_EVENTS,
-                {"type": EVENT_TYPE, "source": "site", "events": deliveries // len(DESTINATIONS)},
+                {
+                    "type": EVENT_TYPE,
+                    "source": EVENT_SOURCE,
+                    "events": deliveries // len(DESTINATIONS),
+                },
             ),
             ("deliveries", st.FILL_HISTORY_DELIVERIES, {"destinations": list(DESTINATIONS)}),
             ("attempts", st.FILL_HISTORY_ATTEMPTS, {}),

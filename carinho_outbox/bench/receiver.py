@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -117,8 +118,18 @@ async def serve(port: int, ready: socket.socket | None = None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+
+    async def orphaned() -> None:
+        # The benchmark that started us may die without stopping us: do not outlive it.
+        while os.getppid() == parent:  # noqa: ASYNC110 - polling a pid, no event exists
+            await asyncio.sleep(1.0)
+        stop.set()
+
+    watch = asyncio.create_task(orphaned())
     async with server:
         await stop.wait()
+    watch.cancel()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,25 +7,25 @@ client could. Every value is a bound parameter.
 
 from __future__ import annotations
 
-# Distinct people per row, like real traffic: ordering keys and the leads' unique phone and
-# e-mail must not collapse the benchmark onto one key.
+# A distinct client per row, like real traffic: per-key ordering (by client_id) must not
+# collapse the benchmark onto one key.
 _ROW_PAYLOAD = """
 jsonb_set(jsonb_set(%(payload)s::jsonb,
-                    '{phone}', to_jsonb('+55419' || lpad((g %% 100000000)::text, 8, '0'))),
-          '{email}', to_jsonb('bench' || g || '@example.com'))
+                    '{client_id}', to_jsonb('cli-' || lpad(g::text, 8, '0'))),
+          '{payment_id}', to_jsonb('pay-' || lpad(g::text, 8, '0')))
 """
 
 # Events plus one delivery per routed destination (the ingress's shape: route queue and
-# priority, the active mapping version), all due now. Used for backlogs.
+# priority, the active mapping version, the ordering key), all due now. Used for backlogs.
 FILL_PENDING = f"""
 with ev as (
     insert into events (type, source, payload)
     select %(type)s, %(source)s, {_ROW_PAYLOAD}
     from generate_series(%(first)s::bigint, %(first)s::bigint + %(events)s - 1) g
-    returning id, type
+    returning id, type, payload ->> 'client_id' as client_id
 )
-insert into deliveries (event_id, destination, queue, priority, mapping_version)
-select ev.id, r.destination, r.queue, r.priority, m.version
+insert into deliveries (event_id, destination, queue, priority, mapping_version, ordering_key)
+select ev.id, r.destination, r.queue, r.priority, m.version, 'client_id:' || ev.client_id
 from ev
 join routes r on r.event_type = ev.type and r.enabled and r.destination = any(%(destinations)s)
 left join event_mappings m
@@ -37,7 +37,7 @@ left join event_mappings m
 # budget of `make bench` goes further.
 FILL_HISTORY_EVENTS = """
 insert into events (type, source, payload, received_at, occurred_at)
-select %(type)s, %(source)s, jsonb_build_object('name', 'h', 'phone', '+55419' || g),
+select %(type)s, %(source)s, jsonb_build_object('client_id', 'h' || g, 'amount_cents', 100),
        now() - make_interval(secs => 86400 + (g %% 2000000)),
        now() - make_interval(secs => 86400 + (g %% 2000000))
 from generate_series(1, %(events)s) g
@@ -86,6 +86,19 @@ where d.id = any(%(ids)s)
 
 INSERT_ONE = """
 insert into events (type, source, payload) values (%(type)s, %(source)s, %(payload)s::jsonb)
+"""
+
+# The same with the ingress's wake-up: pg_notify in the inserting transaction. NOTIFY takes a
+# database-wide lock at commit to order the notification queue, so concurrent notifying
+# commits serialise; the gap between this and INSERT_ONE at the same connection count is that
+# lock's price. The channel has no listener here, as in a busy system where workers claim
+# continuously and notifications mostly wake nobody.
+INSERT_ONE_NOTIFY = """
+with ins as (
+    insert into events (type, source, payload) values (%(type)s, %(source)s, %(payload)s::jsonb)
+    returning 1
+)
+select pg_notify('carinho_bench', 'default') from ins
 """
 
 INSERT_MANY = """

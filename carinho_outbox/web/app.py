@@ -16,7 +16,7 @@ from .. import metrics
 from ..ingress import Accepted, Ingress
 from ..settings import Settings
 from ..store import Store, make_pool
-from . import events, health, mappings_api, site_webhook, whatsapp_webhook
+from . import events, feedback, health, mappings_api, site_webhook, whatsapp_webhook
 from .auth import Authenticator
 from .errors import HANDLERS
 from .middleware import RequestLogMiddleware
@@ -77,6 +77,11 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
         Route("/webhooks/site/lead", site_webhook.post_site_lead, methods=["POST"]),
         Route("/webhooks/whatsapp", whatsapp_webhook.post_whatsapp, methods=["POST"]),
         Route("/webhooks/whatsapp/{token}", whatsapp_webhook.post_whatsapp, methods=["POST"]),
+        # the feedback form of the e-mail link (issue 5): HTML for clients, not part of the API
+        Route("/feedback/{token}", feedback.get_feedback, methods=["GET"], include_in_schema=False),
+        Route(
+            "/feedback/{token}", feedback.post_feedback, methods=["POST"], include_in_schema=False
+        ),
         # operating it (issue 6), admin only
         Route("/status", status.status, methods=["GET"]),
         Route("/metrics", metrics_view.metrics, methods=["GET"]),

@@ -13,8 +13,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 log = logging.getLogger("carinho_outbox.access")
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Paths that carry a secret (the Z-API webhook token) are logged with the secret replaced.
-_SECRET_PATHS = (re.compile(r"^(/webhooks/whatsapp/)[^/]+"),)
+# Paths that carry a secret (the Z-API webhook token, a feedback link's token) are logged with
+# the secret replaced.
+_SECRET_PATHS = (re.compile(r"^(/webhooks/whatsapp/)[^/]+"), re.compile(r"^(/feedback/)[^/]+"))
 
 
 def loggable_path(path: str) -> str:

@@ -206,6 +206,7 @@ class Status(BaseModel):
     generated_at: datetime
     counts: list[StatusCount]
     totals: dict[str, int]
+    delivered_1h_by_destination: dict[str, int]
     throughput: dict[str, Window]
     retry: dict[str, Any]
     dlq: DlqStats

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .. import signing
+from .. import metrics, signing
 from ..ingress import IngressError
 from ..leads import LeadMatch, plan_site_lead
 from ..payloads import json_safety_errors, pydantic_error_details
@@ -121,6 +121,7 @@ async def post_site_lead(request: Request) -> JSONResponse:
         raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
     event = result.events[0]
     state["event_ids"] = [str(e.event_id) for e in result.events]
+    metrics.observe_written(result.events, result.duplicate)
     log.info(
         "site lead accepted",
         extra={

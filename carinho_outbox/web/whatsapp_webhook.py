@@ -30,6 +30,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from .. import feedback, metrics
 from ..ingress import IngressError
 from ..leads import LeadMatch, plan_whatsapp_inbound
 from ..payloads import PayloadError, validate_payload
@@ -197,6 +198,9 @@ async def _inbound(request: Request, result: ZapiResult, body: dict[str, Any]) -
         lid = None  # already the raw id
     raw_ids = tuple(sorted({r for r in (inbound.get("phone_raw"), lid) if r}))
     now = datetime.now(UTC)
+    # Rating replies and PARAR/SAIR (issue 5), before the message is stored: the greeting of a
+    # first message "PARAR" then finds the opt-out. Idempotent, so Z-API's retries are safe.
+    await feedback.after_inbound(hub.store, hub.settings, inbound, state.get("request_id"))
     try:
         accepted = await hub.ingress.accept_with_leads(
             emits=[("whatsapp.inbound", SOURCE), ("lead.created", "whatsapp")],
@@ -209,6 +213,7 @@ async def _inbound(request: Request, result: ZapiResult, body: dict[str, Any]) -
     except IngressError as exc:
         raise ApiError(exc.status, exc.code, exc.message, exc.details) from None
     state["event_ids"] = [str(e.event_id) for e in accepted.events]
+    metrics.observe_written(accepted.events, accepted.duplicate)
     log.info(
         "whatsapp message accepted",
         extra={

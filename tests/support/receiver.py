@@ -28,6 +28,11 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    query: str = ""  # the raw query string (the sync stand-ins page on it)
+    method: str = "POST"
+    # What the script answered (None until it has): a 2xx means the destination took it, so a
+    # second 2xx for the same webhook-id is a duplicate (the fault tests count them).
+    answered: int | None = None
 
     @property
     def json(self) -> Any:
@@ -103,7 +108,10 @@ class Receiver:
 
     async def _handle(self, request: Request) -> Response:
         body = await request.body()
-        got = Received(request.url.path, dict(request.headers), body, time.time())
+        got = Received(
+            request.url.path, dict(request.headers), body, time.time(), request.url.query,
+            request.method,
+        )
         with self._lock:
             self.requests.append(got)
             n = len(self.requests)
@@ -114,6 +122,7 @@ class Receiver:
             if gate is not None:
                 await gate.wait()
             reply = self.script(got, n)
+            got.answered = reply.status
             if reply.delay_s:
                 await asyncio.sleep(reply.delay_s)
         finally:

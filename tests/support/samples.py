@@ -22,6 +22,18 @@ EXPECTED_DESTINATIONS: dict[str, set[str]] = {
     "feedback.received": {"crm", "cuidadores"},
 }
 
+# Automations add channel deliveries on top of the catalog's destinations (DESIGN.md §4).
+CHANNEL_DESTINATIONS: dict[str, set[str]] = {
+    "lead.created": {"whatsapp"},
+    "client.registered": {"email", "whatsapp"},
+    "service.completed": {"email", "whatsapp"},
+}
+
+
+def all_destinations(event_type: str) -> set[str]:
+    return EXPECTED_DESTINATIONS[event_type] | CHANNEL_DESTINATIONS.get(event_type, set())
+
+
 SOURCE_FOR: dict[str, str] = {
     "lead.created": "site",
     "lead.updated": "crm",
