@@ -346,9 +346,11 @@ with expired as (
 select id, status from upd;
 
 -- name: extend_leases
+-- Only the rows this worker really holds: a claim whose reply was lost left rows under our
+-- name that we never received; they must run out and be rescued, not be kept alive.
 update deliveries
 set locked_until = now() + make_interval(secs => %(lease_s)s)
-where status = 'running' and locked_by = %(worker)s;
+where status = 'running' and locked_by = %(worker)s and id = any(%(ids)s::bigint[]);
 
 -- name: release_leases
 -- Graceful stop: hand back what this worker still holds, and refund the attempt it never made.

@@ -70,6 +70,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_max: int = Field(default=10, ge=1)
     db_pool_timeout_s: float = Field(default=5.0, gt=0)
+    # Whole-request bound in the web (503 past it); unset: twice DB_POOL_TIMEOUT_S.
+    request_deadline_s: float | None = Field(default=None, gt=0)
 
     # Autoscaling supervisor (`carinho-worker --processes auto`, supervisor.py): one process
     # per AUTOSCALE_BACKLOG_PER_PROCESS due deliveries, more while the oldest waits longer than
@@ -187,6 +189,9 @@ class Settings(BaseSettings):
                 f"({self.request_timeout_s}), or live requests would be rescued and sent twice"
             )
         return self
+
+    def request_deadline(self) -> float:
+        return self.request_deadline_s or 2 * self.db_pool_timeout_s
 
     @property
     def queues(self) -> list[str]:

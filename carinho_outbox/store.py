@@ -308,8 +308,10 @@ class Store:
             {"worker": worker, "default_max_attempts": default_max_attempts, "limit": limit},
         )
 
-    async def extend_leases(self, *, worker: str, lease_s: float) -> int:
-        return await self._execute("extend_leases", {"worker": worker, "lease_s": lease_s})
+    async def extend_leases(self, *, worker: str, ids: Sequence[int], lease_s: float) -> int:
+        return await self._execute(
+            "extend_leases", {"worker": worker, "ids": list(ids), "lease_s": lease_s}
+        )
 
     async def release_leases(self, *, worker: str) -> int:
         row = await self._fetchone("release_leases", {"worker": worker})

@@ -83,6 +83,7 @@ class Worker:
         self._plan = plan(self.adapters, self.configs, {})
         self._tallies: dict[str, tuple[int, int, str | None]] = {}
         self._retry_times: list[float] = []
+        self._held: set[int] = set()  # ids claimed and not yet recorded: the leases we extend
         self._next_promote = 0.0
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -181,6 +182,7 @@ class Worker:
                 log.debug("claimed", extra={"action": "claimed", "count": len(jobs)})
             for job in jobs:
                 self.in_flight += 1
+                self._held.add(job.id)
                 task = asyncio.create_task(self._process(job))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
@@ -315,6 +317,7 @@ class Worker:
             self._outcomes_ready.set()
             return False
         for outcome in batch:
+            self._held.discard(outcome.job.id)
             self._log_outcome(outcome, lease_held=outcome.job.id in kept)
             if outcome.job.id not in kept:
                 continue
@@ -447,8 +450,10 @@ class Worker:
                     processed=self.processed,
                     stopping=self.stopping,
                 )
-                if self.in_flight:
-                    await self.store.extend_leases(worker=self.id, lease_s=self.settings.lease_s)
+                if self._held:
+                    await self.store.extend_leases(
+                        worker=self.id, ids=sorted(self._held), lease_s=self.settings.lease_s
+                    )
                 await self._write_breakers()
                 await self._refresh_states()
                 if self._plan.paused:

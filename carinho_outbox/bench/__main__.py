@@ -259,6 +259,17 @@ def _engine(cfg: Config, res: Results, procs: ours.Procs, run_dir: Path) -> None
     )
     res.add("engine_aiohttp_1", run.figure)
     res.extra["worker_rss_mb_aiohttp"] = round(run.rss_mb, 1)
+    run = ours.engine_rate(
+        procs,
+        workers=1,
+        kind="tuned",
+        concurrency=cfg.concurrency,
+        backlog=engine_backlog_for(res.get("engine_noop_1"), cfg, 1, floor=cfg.engine_backlog),
+        warmup_s=cfg.warmup_s,
+        window_s=cfg.window_s,
+        windows=cfg.windows,
+    )
+    res.add("engine_tuned_1", run.figure)
     if cfg.profile:
         _profile_worker(cfg, res, procs, run_dir)
 

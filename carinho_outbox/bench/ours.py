@@ -46,6 +46,7 @@ WORKER_MODULES = {
     "noop": "carinho_outbox.bench.noop_worker",
     "sharded": "carinho_outbox.bench.proto_worker",
     "aiohttp": "carinho_outbox.bench.proto_worker",
+    "tuned": "carinho_outbox.bench.noop_worker",
 }
 
 
@@ -119,6 +120,8 @@ class Procs:
         kind = kind or ("noop" if noop else "http")
         module = WORKER_MODULES[kind]
         extra = {**extra, "BENCH_PROTO_CLIENT": kind}
+        if kind == "tuned":
+            extra.update(BENCH_TUNED="1", LOG_LEVEL="WARNING")
         started = [
             Child(
                 python_module(module),
@@ -251,6 +254,7 @@ def engine_rate(
         "noop": "in-process no-op adapter",
         "sharded": "HTTP no-op receiver, sharded httpx client (prototype)",
         "aiohttp": "HTTP no-op receiver, aiohttp client (prototype)",
+        "tuned": "no-op adapter, no pool check, no per-delivery log (prototype)",
     }[kind]
     name = label or f"engine, {what}, {workers} proc, concurrency {concurrency}"
     return EngineRun(figure(name, rates, "deliveries/s", note), rss.peak_mb, pids)

@@ -19,7 +19,7 @@ from ..store import Store, make_pool
 from . import events, feedback, health, mappings_api, site_webhook, whatsapp_webhook
 from .auth import Authenticator
 from .errors import HANDLERS
-from .middleware import RequestLogMiddleware
+from .middleware import DeadlineMiddleware, RequestLogMiddleware
 from .ops_api import dashboard, dlq, metrics_view, openapi, status, swagger_assets
 from .ratelimit import RateLimiter
 
@@ -124,7 +124,11 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
     handlers: dict[Any, Any] = dict(HANDLERS)
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(RequestLogMiddleware), Middleware(metrics_view.ObserveRequests)],
+        middleware=[
+            Middleware(RequestLogMiddleware),
+            Middleware(DeadlineMiddleware, deadline_s=settings.request_deadline()),
+            Middleware(metrics_view.ObserveRequests),
+        ],
         exception_handlers=handlers,
         lifespan=lifespan,
     )

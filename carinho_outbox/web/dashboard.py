@@ -13,7 +13,7 @@ import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 from uuid import UUID
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -24,6 +24,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from ..keys import hash_key
 from ..ops import circuits, status_report
 from ..phones import EmailError, PhoneError, normalize_br_phone, normalize_email
+from .body import read_body
 from .opsutil import configured
 from .session import COOKIE, Session, Signer
 
@@ -154,12 +155,23 @@ def _render(name: str, status_code: int = 200, **ctx: Any) -> HTMLResponse:
     )
 
 
+MAX_FORM_BYTES = 16 * 1024
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """The posted form, read under a size limit first (login is public: an unbounded
+    request.form() would buffer any body an attacker sends)."""
+    raw = await read_body(request, MAX_FORM_BYTES)
+    parsed = parse_qs(raw.decode("utf-8", "replace"), keep_blank_values=True)
+    return {k: v[0] for k, v in parsed.items() if v}
+
+
 async def login_form(request: Request) -> Response:
     return _render("login.html", error=None)
 
 
 async def login(request: Request) -> Response:
-    form = await request.form()
+    form = await _form(request)
     key = str(form.get("key") or "").strip()
     row = await _admin_row(request, hash_key(key)) if key else None
     if row is None:
@@ -185,7 +197,7 @@ async def login(request: Request) -> Response:
 
 async def logout(request: Request) -> Response:
     session = await _session(request)
-    form = await request.form()
+    form = await _form(request)
     if session is not None and not _signer(request).csrf_ok(session, str(form.get("csrf", ""))):
         return HTMLResponse("CSRF inválido", status_code=403)
     response = _to_login()
@@ -258,7 +270,7 @@ async def dlq_action(request: Request) -> Response:
     session = await _session(request)
     if session is None:
         return _to_login()
-    form = await request.form()
+    form = await _form(request)
     if not _signer(request).csrf_ok(session, str(form.get("csrf", ""))):
         return HTMLResponse("CSRF inválido", status_code=403)
     raw = request.path_params["delivery_id"]

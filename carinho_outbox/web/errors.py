@@ -92,6 +92,22 @@ async def database_down(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def bad_value(request: Request, exc: Exception) -> JSONResponse:
+    # A value Postgres cannot take (a NUL in a text path or query parameter, a number out of
+    # range): the client's input, so a 422, not a 500. The server's message can quote the
+    # value, so neither the log nor the answer repeats it.
+    log.warning(
+        "value refused by the database: %s",
+        type(exc).__name__,
+        extra={"action": "bad_value", "path": request.url.path},
+    )
+    return error_response(
+        422,
+        "invalid_value",
+        "a value in the request cannot be stored (a NUL character, a number out of range, …)",
+    )
+
+
 async def client_gone(request: Request, exc: Exception) -> JSONResponse:
     # The client hung up before its body was read (it timed out while we waited on the
     # database, say): nothing failed here and nobody will read the answer. 499 as nginx logs it.
@@ -114,6 +130,7 @@ HANDLERS: dict[Any, Any] = {
     psycopg.errors.ReadOnlySqlTransaction: database_down,
     psycopg.errors.DiskFull: database_down,
     psycopg.errors.AdminShutdown: database_down,
+    psycopg.DataError: bad_value,
     ClientDisconnect: client_gone,
     Exception: unexpected,
 }

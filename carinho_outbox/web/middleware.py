@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
 import time
@@ -73,3 +75,79 @@ class RequestLogMiddleware:
             observer = state.get("observe_request")
             if observer is not None:
                 observer(scope, status, time.perf_counter() - started)
+
+
+class DeadlineMiddleware:
+    """Answer 503 when a request outlives its deadline.
+
+    The pool timeout bounds the wait *for* a connection, and statement_timeout is enforced by
+    the server; neither helps when the server stops answering with the TCP connection still
+    open. This bounds the whole request instead; the cancelled query's connection is discarded
+    by the pool.
+    """
+
+    def __init__(self, app: ASGIApp, deadline_s: float) -> None:
+        self.app = app
+        self.deadline_s = deadline_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+        expired = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if expired:
+                return  # the client already has its 503
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        # The handler runs as its own task and is not awaited past the deadline: cancelling a
+        # query stuck on a silent connection can itself wait on that connection.
+        task = asyncio.ensure_future(self.app(scope, receive, send_wrapper))
+        done, _ = await asyncio.wait({task}, timeout=self.deadline_s)
+        if task in done:
+            task.result()
+            return
+        expired = True
+        task.cancel()
+        task.add_done_callback(_consume)
+        log.error(
+            "request deadline exceeded",
+            extra={
+                "action": "deadline_exceeded",
+                "path": scope["path"],
+                "deadline_s": self.deadline_s,
+            },
+        )
+        if started:
+            return
+        body = json.dumps(
+            {
+                "error": {
+                    "code": "database_unavailable",
+                    "message": "the request did not finish in time; retry later",
+                }
+            }
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"retry-after", b"5"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _consume(task: asyncio.Future[None]) -> None:
+    """Retrieve an abandoned handler's outcome so asyncio does not warn about it."""
+    if not task.cancelled():
+        task.exception()
