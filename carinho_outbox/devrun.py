@@ -57,6 +57,7 @@ def run_dev(settings: Settings, with_scheduler: bool = True) -> int:
     env = dict(os.environ)
     env["DATABASE_URL"] = dsn
     env.setdefault("LOG_FORMAT", "text")
+    env.setdefault("LOG_DELIVERED", "each")  # a newcomer watches each delivery arrive
     sinked = [n for n in HTTP_DESTINATIONS if not env.get(f"DEST_{n.upper()}_URL")]
     use_sink = sinked and env.get("DEV_SINK", "1") != "0"
     if use_sink:

@@ -10,7 +10,7 @@ import httpx
 
 from .adapters import Adapter
 from .adapters.chat import build_chat_adapters
-from .adapters.webhook import WebhookAdapter
+from .adapters.webhook import WebhookAdapter, webhook_session
 from .channels import build_channel_adapters
 from .jobs import build_job_adapters
 from .settings import RetryPolicy, Settings
@@ -29,9 +29,11 @@ def build_adapters(
     settings: Settings, client: httpx.AsyncClient, store: Store
 ) -> dict[str, Adapter]:
     adapters: dict[str, Adapter] = dict(build_job_adapters(store, settings))
-    for name, config in settings.destinations.items():
-        if config.configured:
-            adapters[name] = WebhookAdapter(config, client)
+    configured = [c for c in settings.destinations.values() if c.configured]
+    if configured:
+        session = webhook_session(settings.worker_concurrency)
+        for config in configured:
+            adapters[config.name] = WebhookAdapter(config, session)
     # Operator alerts (issue 6): Slack / Discord incoming webhooks, when their URL is set.
     slack, discord = settings.alert_slack_webhook_url, settings.alert_discord_webhook_url
     adapters.update(

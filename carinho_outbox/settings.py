@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     log_format: str = Field(default="json", pattern="^(json|text)$")
     log_level: str = "INFO"
+    # "batch": one INFO line per flushed batch of deliveries (per delivery at DEBUG);
+    # "each": one INFO line per delivery. Retries, dead letters and lease losses: always each.
+    log_delivered: str = Field(default="batch", pattern="^(batch|each)$")
 
     # Worker tuning.
     worker_concurrency: int = Field(default=50, ge=1, le=2000)

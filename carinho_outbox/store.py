@@ -37,7 +37,12 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
     await conn.execute("set lock_timeout = '5s'")
 
 
-def make_pool(dsn: str, *, max_size: int, timeout_s: float, name: str) -> AsyncConnectionPool:
+def make_pool(
+    dsn: str, *, max_size: int, timeout_s: float, name: str, check: bool = True
+) -> AsyncConnectionPool:
+    """check=False skips the round trip that tests each connection on checkout: the worker
+    sets it (a statement on a dead connection fails, the pool discards it, and every worker
+    loop retries), saving one round trip per statement on the hot path."""
     return AsyncConnectionPool(
         dsn,
         min_size=1,
@@ -49,7 +54,7 @@ def make_pool(dsn: str, *, max_size: int, timeout_s: float, name: str) -> AsyncC
         kwargs={"autocommit": True, "application_name": name},
         # A dead server must not make callers wait forever for a reconnect.
         reconnect_timeout=60.0,
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if check else None,
     )
 
 

@@ -83,6 +83,7 @@ class Worker:
         self._plan = plan(self.adapters, self.configs, {})
         self._tallies: dict[str, tuple[int, int, str | None]] = {}
         self._retry_times: list[float] = []
+        self._log_each = settings.log_delivered == "each"
         self._held: set[int] = set()  # ids claimed and not yet recorded: the leases we extend
         self._next_promote = 0.0
 
@@ -127,6 +128,9 @@ class Worker:
                     await task
             await self._final_flush()
             released = await self._safe(self.store.release_leases(worker=self.id), 0)
+            for adapter in self.adapters.values():
+                with contextlib.suppress(Exception):
+                    await adapter.aclose()
             await self._safe(self.store.deregister_worker(id=self.id), None)
             log.info(
                 "worker stopped",
@@ -326,6 +330,23 @@ class Worker:
                 heapq.heappush(self._retry_times, time.monotonic() + outcome.delay_s)
             elif outcome.job.ordering_key is not None:
                 self._next_promote = 0.0  # the next delivery of this key may go now
+        if not self._log_each:
+            delivered: dict[str, int] = {}
+            for outcome in batch:
+                if outcome.status == "delivered" and outcome.job.id in kept:
+                    delivered[outcome.job.destination] = (
+                        delivered.get(outcome.job.destination, 0) + 1
+                    )
+            if delivered:
+                log.info(
+                    "delivered %d",
+                    sum(delivered.values()),
+                    extra={
+                        "action": "delivered_batch",
+                        "worker": self.id,
+                        "by_destination": delivered,
+                    },
+                )
         self.in_flight -= len(batch)
         self.processed += len(batch)
         await self._record_breakers(tally(o for o in batch if o.job.id in kept))
@@ -400,7 +421,10 @@ class Worker:
         if not lease_held:
             log.warning("lease lost; outcome discarded", extra={"action": "lease_lost", **fields})
         elif outcome.status == "delivered":
-            log.info("delivered", extra={"action": "delivered", **fields})
+            # One INFO line per flushed batch by default (the attempt row is the per-delivery
+            # record); LOG_DELIVERED=each logs every delivery at INFO.
+            level = logging.INFO if self._log_each else logging.DEBUG
+            log.log(level, "delivered", extra={"action": "delivered", **fields})
         elif outcome.status == "pending":
             log.info(
                 "retry scheduled",

@@ -34,6 +34,7 @@ async def run_worker(
         max_size=min(settings.db_pool_max, 4),
         timeout_s=settings.db_pool_timeout_s,
         name="carinho-worker",
+        check=False,
     )
     await pool.open(wait=True, timeout=settings.db_pool_timeout_s * 3)
     client = http_client(settings, concurrency)

@@ -121,7 +121,8 @@ def test_slow_resetting_and_throttling_destinations(
     crm = attempts_by_delivery(db, "crm")
     assert len(crm) == n
     for history in crm.values():
-        assert history == [("retry", None, "timeout: ReadTimeout"), ("delivered", 200, None)]
+        assert [h[:2] for h in history] == [("retry", None), ("delivered", 200)]
+        assert history[0][2].startswith("timeout: no complete answer within"), history
     seen = collections.Counter((r.path, r.headers["webhook-id"]) for r in receiver.requests)
     crm_dupes = sum(c - 1 for (p, _), c in seen.items() if p == "/crm")
     assert crm_dupes == n  # every one of them was received twice
