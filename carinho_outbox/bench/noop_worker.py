@@ -35,7 +35,7 @@ def _noop_adapters(*_args: Any, **_kw: Any) -> dict[str, Any]:
 
 
 def _pool_without_check(
-    dsn: str, *, max_size: int, timeout_s: float, name: str
+    dsn: str, *, max_size: int, timeout_s: float, name: str, check: bool = False
 ) -> AsyncConnectionPool:
     """store.make_pool minus the per-checkout health check (one round trip per statement)."""
     return AsyncConnectionPool(
