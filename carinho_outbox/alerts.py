@@ -233,6 +233,34 @@ class Evaluator:
             ),
         )
 
+    async def circuits(self, state: dict[str, Any]) -> Notice | None:
+        """A destination whose circuit breaker opened (paused after consecutive failures)."""
+        rows = await self.store.destination_states()
+        opened = [r for r in rows if r["state"] != "closed"]
+        return await self._condition(
+            "circuits",
+            state,
+            bool(opened),
+            firing=lambda: Notice(
+                "circuits",
+                "firing",
+                "Circuito aberto: " + ", ".join(r["destination"] for r in opened),
+                "\n".join(
+                    f"• {r['destination']}: {r['consecutive_failures']} falhas seguidas; "
+                    f"último erro: {r['last_error'] or '-'}"
+                    for r in opened
+                )
+                + "\nAs entregas desses destinos aguardam, sem gastar tentativas.",
+                {"destinations": [r["destination"] for r in opened]},
+            ),
+            resolved=lambda: Notice(
+                "circuits",
+                "resolved",
+                "Circuitos fechados novamente",
+                "Todos os destinos voltaram a responder.",
+            ),
+        )
+
     async def _condition(
         self, rule: str, state: dict[str, Any], bad: bool, *, firing: Any, resolved: Any
     ) -> Notice | None:
@@ -269,6 +297,7 @@ async def evaluate(
         await ev.dead_letters(states.get("dead_letters", {})),
         await ev.pending_age(states.get("pending_age", {}), configured),
         await ev.workers(states.get("workers", {})),
+        await ev.circuits(states.get("circuits", {})),
     ]
     return [n for n in notices if n is not None]
 

@@ -204,3 +204,36 @@ async def test_only_configured_sinks_get_a_delivery(
     settings = make_settings(ALERT_DISCORD_WEBHOOK_URL=receiver.url("/discord"))
     await alerts.run(store, settings, {"slot": this_minute().isoformat()})
     assert [e["sinks"] for e in alert_events(db)] == [["discord"]]
+
+
+async def test_circuit_opening_fires_once_and_resolves(
+    store: Store, db: psycopg.Connection, receiver: Receiver
+) -> None:
+    settings = make_settings(**sink_env(receiver))
+    add_live_worker(db, "w-all", "{critical,default,low}")
+    db.execute(
+        "insert into destination_state (destination, state, consecutive_failures, paused_until,"
+        " last_error) values ('crm', 'open', 5, now() + interval '30 seconds', 'HTTP 503'),"
+        " ('operacao', 'closed', 0, null, null)"
+    )
+    slot = this_minute()
+    await alerts.run(store, settings, {"slot": slot.isoformat()})
+    await alerts.run(store, settings, {"slot": (slot + timedelta(minutes=1)).isoformat()})
+    db.execute("update destination_state set state = 'closed', paused_until = null")
+    await alerts.run(store, settings, {"slot": (slot + timedelta(minutes=2)).isoformat()})
+    got = [e for e in alert_events(db) if e["alert"] == "circuits"]
+    assert [(e["state"], e["title"], e["text"], e["sinks"]) for e in got] == [
+        (
+            "firing",
+            "Circuito aberto: crm",
+            "• crm: 5 falhas seguidas; último erro: HTTP 503\n"
+            "As entregas desses destinos aguardam, sem gastar tentativas.",
+            ["discord", "slack"],
+        ),
+        (
+            "resolved",
+            "Circuitos fechados novamente",
+            "Todos os destinos voltaram a responder.",
+            ["discord", "slack"],
+        ),
+    ]
