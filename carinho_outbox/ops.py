@@ -197,6 +197,8 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
         "oldest_pending_age_s": _age_s(oldest, now) or 0.0,
         "queues": queues,
         "held": held,
+        # Circuit breaker per destination (closed / open / half_open), from destination_state.
+        "circuits": await circuits(store) or {},
         "workers": {
             "alive": sum(1 for w in workers if w["alive"] and not w["stopping"]),
             "registered": len(workers),

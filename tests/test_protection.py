@@ -9,6 +9,7 @@ import time
 import psycopg
 
 from carinho_outbox.ingress import Ingress
+from carinho_outbox.ops import health_report, status_report
 from carinho_outbox.store import Store
 from tests.conftest import make_settings
 from tests.support.engine import eventually, ingest, running_worker
@@ -39,6 +40,10 @@ async def test_circuit_opens_pauses_without_spending_attempts_probes_and_closes(
             "select state from destination_state where destination = 'crm'").fetchone()
             == ("open",))
         crm_calls_at_open = sum(1 for r in receiver.requests if r.path == "/crm")
+        report = await status_report(store, settings, {"crm", "operacao"})
+        assert report["circuits"]["crm"] in ("open", "half_open")
+        _, health = await health_report(store, settings, {"crm", "operacao"})
+        assert health["destinations"]["crm"]["circuit"] in ("open", "half_open")
         attempts_at_open = db.execute(
             "select sum(attempts) from deliveries where destination = 'crm'").fetchone()[0]
         await asyncio.sleep(1.0)  # inside the pause: nothing is sent, no attempt is spent
