@@ -140,7 +140,9 @@ def test_sigterm_of_the_web_under_load_answers_what_it_accepted(
     figures = reconcile(db, load, receiver.requests)
     statuses = load.statuses()
     assert not [s for s in statuses if s.isdigit() and s != "202"], statuses
-    assert set(statuses) - {"202"} <= {"ConnectError"}, statuses
+    # Refused after exit, or (rarely) a request written onto a keep-alive connection just as
+    # the server closed it: never processed, so never stored — checked just below.
+    assert set(statuses) - {"202"} <= {"ConnectError", "RemoteProtocolError"}, statuses
     assert figures["accepted"] >= n // 3
     assert figures["stored_unacknowledged"] == 0
     assert figures["delivered"] == figures["deliveries"] == figures["accepted"] * 3
