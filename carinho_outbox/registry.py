@@ -10,7 +10,7 @@ import httpx
 
 from .adapters import Adapter
 from .adapters.chat import build_chat_adapters
-from .adapters.webhook import WebhookAdapter, webhook_session
+from .adapters.webhook import SharedSession, WebhookAdapter
 from .channels import build_channel_adapters
 from .jobs import build_job_adapters
 from .settings import RetryPolicy, Settings
@@ -31,7 +31,7 @@ def build_adapters(
     adapters: dict[str, Adapter] = dict(build_job_adapters(store, settings))
     configured = [c for c in settings.destinations.values() if c.configured]
     if configured:
-        session = webhook_session(settings.worker_concurrency)
+        session = SharedSession(settings.worker_concurrency)
         for config in configured:
             adapters[config.name] = WebhookAdapter(config, session)
     # Operator alerts (issue 6): Slack / Discord incoming webhooks, when their URL is set.

@@ -34,8 +34,26 @@ def webhook_session(concurrency: int) -> aiohttp.ClientSession:
     )
 
 
+class SharedSession:
+    """One aiohttp session for every HTTP destination of a process, opened on first use (so
+    building the adapters just to list them opens nothing) and closed once."""
+
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    def get(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = webhook_session(self.concurrency)
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
+            await self._session.close()
+
+
 class WebhookAdapter:
-    def __init__(self, config: DestinationConfig, session: aiohttp.ClientSession) -> None:
+    def __init__(self, config: DestinationConfig, session: SharedSession) -> None:
         if not config.url:
             raise ValueError(f"destination {config.name} has no URL")
         self.name = config.name
@@ -53,7 +71,7 @@ class WebhookAdapter:
         summary = f"POST {self.config.url} {len(body)}B"
         started = time.perf_counter()
         try:
-            async with self.session.post(
+            async with self.session.get().post(
                 self.config.url or "",
                 data=body,
                 headers=headers,
@@ -91,5 +109,4 @@ class WebhookAdapter:
         )
 
     async def aclose(self) -> None:
-        if not self.session.closed:
-            await self.session.close()
+        await self.session.close()
