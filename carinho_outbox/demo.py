@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from .devrun import DEV_SINK_PORT, _child, dev_key
+from .devrun import DEV_SINK_PORT, _child, dev_key, stop_children, supervise
 from .embedded_pg import resolve_dsn
 from .migrate import migrate
 from .settings import HTTP_DESTINATIONS, Settings, load_settings, sql_dir
@@ -299,19 +298,11 @@ def run_demo(settings: Settings) -> int:
         ("worker", _child("carinho_outbox.worker_cli", env)),
         ("scheduler", _child("carinho_outbox.scheduler", env)),
     ]
-    stopping = False
-
-    def _stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    exit_code = 0
     try:
         base = f"http://127.0.0.1:{port}"
         if not wait_ready(f"{base}/health", WEB_READY_TIMEOUT_S):
             print("demo: the web process did not start", file=sys.stderr)
+            stop_children(children, settings.shutdown_grace_s)
             return 1
         events = day_of_events(random.Random(7))
         print(
@@ -330,29 +321,13 @@ def run_demo(settings: Settings) -> int:
             target=post_day, args=(base, key, events, POST_OVER_S), daemon=True
         )
         poster.start()
-        while not stopping:
-            for name, proc in children:
-                if proc.poll() is not None:
-                    print(
-                        f"{name} exited with code {proc.returncode}; stopping the rest",
-                        file=sys.stderr,
-                        flush=True,
-                    )
-                    exit_code = 1
-                    stopping = True
-            time.sleep(0.2)
+    except BaseException:  # Ctrl-C while starting: stop what was started
+        stop_children(children, settings.shutdown_grace_s)
+        raise
+    try:
+        return supervise(children, settings.shutdown_grace_s)
     finally:
-        for _, proc in children:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + settings.shutdown_grace_s + 5
-        for _, proc in children:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        del server
-    return exit_code
+        del server  # the embedded server stops with its last handle
 
 
 def main() -> None:

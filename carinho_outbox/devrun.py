@@ -95,6 +95,28 @@ def run_dev(settings: Settings, with_scheduler: bool = True) -> int:
     if with_scheduler:
         children.append(("scheduler", _child("carinho_outbox.scheduler", env)))
 
+    try:
+        return supervise(children, settings.shutdown_grace_s)
+    finally:
+        del server  # the embedded server stops with its last handle
+
+
+def stop_children(children: list[tuple[str, subprocess.Popen[bytes]]], grace_s: float) -> None:
+    """SIGTERM every child, give them the drain grace, then kill what is left."""
+    for _, proc in children:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s + 5
+    for _, proc in children:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def supervise(children: list[tuple[str, subprocess.Popen[bytes]]], grace_s: float) -> int:
+    """Run in the foreground until Ctrl-C / SIGTERM or until a child exits (then stop the rest,
+    exit code 1)."""
     stopping = False
 
     def _stop(signum: int, _frame: object) -> None:
@@ -117,17 +139,8 @@ def run_dev(settings: Settings, with_scheduler: bool = True) -> int:
                     stopping = True
             time.sleep(0.2)
     finally:
-        for _, proc in children:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + settings.shutdown_grace_s + 5
-        for _, proc in children:
-            try:
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        del server  # the embedded server stops with its last handle
+        stop_children(children, grace_s)
     return exit_code
 
 
-__all__ = ["run_dev"]
+__all__ = ["run_dev", "stop_children", "supervise"]
