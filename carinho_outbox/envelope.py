@@ -18,9 +18,13 @@ def envelope(job: Job, data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Compact and stable: the signature covers these exact bytes. One encoder for every delivery
+# (json.dumps with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, sort_keys=False)
+
+
 def encode(doc: dict[str, Any]) -> bytes:
-    # Compact and stable: the signature covers these exact bytes.
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, sort_keys=False).encode()
+    return _ENCODER.encode(doc).encode()
 
 
 def webhook_id(job: Job) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 from uuid import UUID
 
 from .leads import LeadIngest, LeadMatch, LeadPlan
-from .payloads import PayloadError, validate_payload
+from .payloads import MAX_REPORTED_ERRORS, PayloadError, validate_payload
+from .records import BatchItem
 from .store import Store
 
 CATALOG_TTL_S = 30.0
@@ -35,6 +36,17 @@ class Accepted:
     event_id: UUID
     destinations: list[str]
     duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class BatchEvent:
+    """One item of POST /events/batch as the client sent it (the envelope already checked)."""
+
+    type: str
+    payload: Any
+    source: str | None = None
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
 
 
 class Catalog:
@@ -100,10 +112,115 @@ def resolve_source(
     return usable[0]
 
 
+def check_event(
+    entries: dict[str, tuple[list[str], list[str]]],
+    event_type: str,
+    payload: Any,
+    key_sources: tuple[str, ...],
+    source: str | None,
+    jsonb_safe: bool = False,
+) -> tuple[str, dict[str, Any], str | None]:
+    """Catalog, scope and payload checks of one event: (source, clean payload, ordering key)."""
+    entry = entries.get(event_type)
+    if entry is None:
+        raise IngressError(
+            422,
+            "validation_error",
+            f"unknown event type {event_type!r}",
+            [{"path": "type", "message": f"known types: {', '.join(sorted(entries))}"}],
+        )
+    allowed, ordering_paths = entry
+    chosen = resolve_source(event_type, allowed, key_sources, source)
+    try:
+        clean = validate_payload(event_type, payload, jsonb_safe=jsonb_safe)
+    except PayloadError as exc:
+        raise IngressError(
+            422, "validation_error", "payload does not match the event type", exc.details
+        ) from None
+    return chosen, clean, ordering_key(ordering_paths, clean)
+
+
+def _at(index: int, path: str) -> str:
+    return f"events[{index}]" + (f".{path}" if path else "")
+
+
+def _item_index(path: str) -> int:
+    return int(path[len("events[") : path.index("]")]) if path.startswith("events[") else -1
+
+
+def _indexed(index: int, exc: IngressError) -> list[dict[str, Any]]:
+    """An item's refusal as `details` entries whose paths start with `events[i]`."""
+    if isinstance(exc.details, list) and exc.details:
+        return [{**d, "path": _at(index, str(d.get("path", "")))} for d in exc.details]
+    # A scope refusal has no field path of its own: it is about the item's source.
+    return [{"path": _at(index, "source"), "message": exc.message, "type": exc.code}]
+
+
 class Ingress:
     def __init__(self, store: Store, catalog: Catalog | None = None) -> None:
         self.store = store
         self.catalog = catalog or Catalog(store)
+
+    async def accept_batch(
+        self,
+        events: Sequence[BatchEvent | None],
+        *,
+        key_sources: tuple[str, ...],
+        client: str | None,
+        request_id: str | None = None,
+        invalid: Sequence[dict[str, Any]] = (),
+        notify: bool = True,
+        jsonb_safe: bool = False,
+    ) -> list[Accepted]:
+        """All or nothing: every event is checked as `accept` checks one, and the batch is
+        written in one statement only when none is refused. `None` marks an item whose
+        envelope the caller already refused, its errors in `invalid` (paths `events[i]…`).
+        A refusal names every bad item (up to MAX_REPORTED_ERRORS paths): 403 when any item's
+        source is out of the key's scope, else 422. `jsonb_safe`: see validate_payload.
+        """
+        entries = await self.catalog.entries()
+        problems: list[tuple[int, list[dict[str, Any]]]] = []
+        forbidden: list[dict[str, Any]] = []
+        bad = sum(1 for e in events if e is None)
+        items: list[BatchItem] = []
+        for index, ev in enumerate(events):
+            if ev is None:
+                continue
+            try:
+                chosen, clean, key = check_event(
+                    entries, ev.type, ev.payload, key_sources, ev.source, jsonb_safe
+                )
+            except IngressError as exc:
+                if exc.status == 403:
+                    forbidden.extend(_indexed(index, exc))
+                else:
+                    bad += 1
+                    problems.append((index, _indexed(index, exc)))
+                continue
+            items.append(BatchItem(ev.type, chosen, clean, ev.idempotency_key, ev.occurred_at, key))
+        if forbidden:
+            raise IngressError(
+                403,
+                "forbidden",
+                f"this key may not emit {len(forbidden)} of the {len(events)} events; "
+                "nothing was written",
+                forbidden[:MAX_REPORTED_ERRORS],
+            )
+        if bad:
+            # In item order, the caller's envelope errors merged in.
+            merged = [*((_item_index(d["path"]), [d]) for d in invalid), *problems]
+            merged.sort(key=lambda pair: pair[0])
+            details = [d for _, found in merged for d in found]
+            raise IngressError(
+                422,
+                "validation_error",
+                f"{bad} of the {len(events)} events are invalid; nothing was written",
+                details[:MAX_REPORTED_ERRORS],
+            )
+        written, _queues = await self.store.ingest_batch(
+            items, request_id=request_id, client=client, notify=notify
+        )
+        return [Accepted(event_id, dests, dup) for event_id, dests, dup in written]
 
     async def accept(
         self,
@@ -118,23 +235,9 @@ class Ingress:
         request_id: str | None = None,
         extra_delay_s: float | None = None,
     ) -> Accepted:
-        entries = await self.catalog.entries()
-        entry = entries.get(event_type)
-        if entry is None:
-            raise IngressError(
-                422,
-                "validation_error",
-                f"unknown event type {event_type!r}",
-                [{"path": "type", "message": f"known types: {', '.join(sorted(entries))}"}],
-            )
-        allowed, ordering_paths = entry
-        chosen = resolve_source(event_type, allowed, key_sources, source)
-        try:
-            clean = validate_payload(event_type, payload)
-        except PayloadError as exc:
-            raise IngressError(
-                422, "validation_error", "payload does not match the event type", exc.details
-            ) from None
+        chosen, clean, key = check_event(
+            await self.catalog.entries(), event_type, payload, key_sources, source
+        )
         event_id, destinations, duplicate = await self.store.ingest_event(
             type=event_type,
             source=chosen,
@@ -143,7 +246,7 @@ class Ingress:
             occurred_at=occurred_at,
             request_id=request_id,
             client=client,
-            ordering_key=ordering_key(ordering_paths, clean),
+            ordering_key=key,
             extra_delay_s=extra_delay_s,
         )
         return Accepted(event_id, destinations, duplicate)

@@ -4,16 +4,21 @@ adapters, job runners work on our own database, through the store."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import alerts, syncs
+import psycopg
+
+from . import alerts, ops, syncs
 from .records import Job, SendResult
 from .settings import Settings
 from .store import Store
 
 JobFn = Callable[[Store, Settings, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+log = logging.getLogger(__name__)
 
 # Bounded work per run: a huge backlog is worked off over several slots, never in one lock.
 RETENTION_MAX_BATCHES = 200
@@ -43,12 +48,28 @@ async def retention(store: Store, settings: Settings, payload: dict[str, Any]) -
     applied, dropped = await store.reconcile_channel_statuses()
     removed["channel_statuses_applied"] = applied
     removed["channel_statuses_dropped"] = dropped
+    removed["status_minutes"] = await store.status_prune(older_than_s=ops.ROLLUP_KEEP_S)
     return removed
+
+
+async def alerts_and_rollup(
+    store: Store, settings: Settings, payload: dict[str, Any]
+) -> dict[str, Any]:
+    """The every-minute alerts job also rolls up the minute that just closed, so /status
+    and the dashboard find it counted. A failed rollup costs /status time, not correctness
+    (readers count a missing minute from the indexes): it must not fail, and so repeat, the
+    alerts."""
+    result = await alerts.run(store, settings, payload)
+    try:
+        result["status_minutes_rolled"] = await ops.rollup(store)
+    except psycopg.Error as exc:
+        log.warning("status rollup failed: %s: %s", type(exc).__name__, exc)
+    return result
 
 
 JOBS: dict[str, JobFn] = {
     "retention": retention,
-    "alerts": alerts.run,
+    "alerts": alerts_and_rollup,
     # Business flows (issue 5): the scheduled syncs.
     syncs.CRM_JOB: syncs.sync_crm_to_operacao,
     syncs.FINANCEIRO_JOB: syncs.sync_operacao_to_financeiro,

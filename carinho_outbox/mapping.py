@@ -813,6 +813,20 @@ def _meta_value(value: Any) -> Any:
     return value
 
 
+def _copy(value: Any) -> Any:
+    """copy.deepcopy for JSON-shaped data, which payloads are: a few times faster (no memo,
+    no dispatch per atom), and the worker renders every delivery. Anything else falls back to
+    deepcopy; like it, a too-deep value raises RecursionError."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if kind is list:
+        return [_copy(v) for v in value]
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    return copy.deepcopy(value)
+
+
 def _read(ref: str, payload: dict[str, Any], meta: Mapping[str, Any]) -> Any:
     if ref == _PAYLOAD_REF:
         return payload
@@ -847,7 +861,7 @@ def _evaluate(rule: FieldRule, index: int, payload: dict[str, Any], meta: Mappin
         if value is None:
             return None
     if rule.format is None:
-        return copy.deepcopy(value)  # never alias the payload (or the spec) into the output
+        return _copy(value)  # never alias the payload (or the spec) into the output
     try:
         return FORMATS[rule.format](value, rule)
     except _FormatError as exc:
@@ -867,7 +881,7 @@ def render(spec: MappingSpec, payload: dict[str, Any], meta: Mapping[str, Any]) 
     if not isinstance(payload, dict):
         raise MappingError(f"payload must be a JSON object, got {_kind(payload)}")
     try:
-        out: dict[str, Any] = copy.deepcopy(payload) if spec.mode == "merge" else {}
+        out: dict[str, Any] = _copy(payload) if spec.mode == "merge" else {}
     except RecursionError as exc:
         raise MappingError("payload is nested too deeply") from exc
     for index, rule in enumerate(spec.fields):

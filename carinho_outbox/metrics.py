@@ -122,15 +122,43 @@ def observe_written(events: Iterable[Any], duplicate: bool) -> None:
 
 def observe_outcome(outcome: Outcome, now: datetime | None = None) -> None:
     """One recorded attempt (the worker calls this for each outcome whose lease held)."""
-    job = outcome.job
-    label = _OUTCOME_LABEL.get(outcome.status, outcome.status)
-    ATTEMPTS.labels(job.destination, label).inc()
-    ATTEMPT_DURATION.labels(job.destination).observe(max(0.0, outcome.result.duration_ms / 1000))
-    if outcome.status in ("delivered", "dead"):
-        DELIVERIES_FINISHED.labels(job.destination, label).inc()
-    if outcome.status == "delivered":
-        lag_s = ((now or datetime.now(UTC)) - job.received_at).total_seconds()
-        DELIVERY_LAG.labels(job.destination).observe(max(0.0, lag_s))
+    observe_outcomes([outcome], now)
+
+
+# `.labels()` takes a lock and builds the label tuple on every call, which was most of what
+# a per-delivery observation cost in the worker; the children it returns live as long as the
+# metric, so each is looked up once.
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+def observe_outcomes(outcomes: Iterable[Outcome], now: datetime | None = None) -> None:
+    """A flushed batch of recorded attempts: counters added once per (destination, outcome),
+    histograms observed per attempt."""
+    at = now or datetime.now(UTC)
+    counts: dict[tuple[str, str], int] = {}
+    for outcome in outcomes:
+        job = outcome.job
+        status = outcome.status
+        key = (job.destination, status)
+        counts[key] = counts.get(key, 0) + 1
+        duration_s = outcome.result.duration_ms / 1000
+        _child(ATTEMPT_DURATION, job.destination).observe(duration_s if duration_s > 0 else 0.0)
+        if status == "delivered":
+            lag_s = (at - job.received_at).total_seconds()
+            _child(DELIVERY_LAG, job.destination).observe(lag_s if lag_s > 0 else 0.0)
+    for (destination, status), n in counts.items():
+        label = _OUTCOME_LABEL.get(status, status)
+        _child(ATTEMPTS, destination, label).inc(n)
+        if status in ("delivered", "dead"):
+            _child(DELIVERIES_FINISHED, destination, label).inc(n)
 
 
 def observe_request(scope: dict[str, Any], status: int, duration_s: float) -> None:

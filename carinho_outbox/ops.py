@@ -2,11 +2,14 @@
 
 Shared by the web API, the dashboard and the CLI. Every figure comes from one of the named
 queries of queries.sql (the "operating it" block), each bounded by a partial index or a time
-window, so the whole report stays cheap however many finished rows the tables hold.
+window, so the whole report stays cheap however many finished rows the tables hold. The
+last hour's throughput comes from per-minute rollup rows (sql/0011, `rollup` below) plus the
+few minutes not rolled up, so a busy hour costs /status no more than a quiet one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -18,11 +21,22 @@ from .migrate import MigrationError, check_checksums, discover
 from .settings import Settings, sql_dir
 from .store import Store
 
-__all__ = ["configured_destinations", "dlq_stats", "health_report", "status_report"]
+__all__ = ["configured_destinations", "dlq_stats", "health_report", "rollup", "status_report"]
 
 # /status lag percentiles: the window and the most recent deliveries taken from it.
 LAG_WINDOW_S = 900.0
 LAG_SAMPLE = 10_000
+# Throughput rollup (sql/0011): a minute is rolled up once it ended this long ago, when every
+# row stamped within it (now() of a one-statement transaction) has committed; rollup rows are
+# kept two hours (the windows reach back one).
+ROLLUP_SETTLE_S = 15.0
+ROLLUP_KEEP_S = 7200.0
+
+
+async def rollup(store: Store) -> int:
+    """Roll up the closed minutes of the last hour not rolled up yet. /status calls it
+    before reading; the every-minute alerts job calls it so the rows are there already."""
+    return await store.status_rollup(settle_s=ROLLUP_SETTLE_S)
 
 
 def _age_s(at: datetime | None, now: datetime) -> float | None:
@@ -128,8 +142,13 @@ async def health_report(
 async def status_report(store: Store, settings: Settings, configured: set[str]) -> dict[str, Any]:
     started = time.perf_counter()
     now = datetime.now(UTC)
-    counts = await store.ops_status_counts()
-    delivered = await store.ops_delivered_by_destination()
+    # Three independent lanes on three pooled connections, so the report takes as long as the
+    # longest: one pass over the open deliveries (it feeds counts, queues, retries, held and
+    # oldest), the time figures (rollup first), and the DLQ ends, workers and circuits.
+    open_rows, (delivered, t, lag), (dead_range, top, workers, states) = await asyncio.gather(
+        store.ops_open_counts(), _time_figures(store), _dlq_and_workers(store, settings)
+    )
+    counts = _status_counts(open_rows)
     totals: dict[str, int] = {
         "pending": 0,
         "retrying": 0,
@@ -140,7 +159,6 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
     for c in counts:
         totals[c["status"]] = totals.get(c["status"], 0) + c["count"]
 
-    t = await store.ops_throughput()
     throughput = {
         f"{m}m": {
             "received": t[f"received_{m}m"],
@@ -150,10 +168,10 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
         for m in (1, 5, 15, 60)
     }
 
-    retry_rows = await store.ops_retry_figures()
     by_attempt: dict[str, int] = {}
     retry_by_dest: dict[str, int] = {}
-    for r in retry_rows:
+    retrying = (r for r in open_rows if r["status"] == "retrying")
+    for r in sorted(retrying, key=lambda r: (r["destination"], r["attempts"])):
         by_attempt[str(r["attempts"])] = by_attempt.get(str(r["attempts"]), 0) + r["count"]
         retry_by_dest[r["destination"]] = retry_by_dest.get(r["destination"], 0) + r["count"]
 
@@ -163,19 +181,22 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
         for c in counts
         if c["status"] == "dead"
     ]
-    dlq = await _dlq_summary(store, dead_rows, await store.ops_dead_range())
-    lag = await store.ops_lag(window_s=LAG_WINDOW_S, sample=LAG_SAMPLE)
-    dest_rows = await store.ops_destinations(destinations=sorted(settings.destinations))
+    dlq = _dlq_summary(dead_rows, dead_range, top)
     oldest: datetime | None = None
-    held: list[dict[str, Any]] = []
-    for r in dest_rows:
-        if r["destination"] in configured:
-            if r["oldest_due"] is not None:
-                oldest = r["oldest_due"] if oldest is None else min(oldest, r["oldest_due"])
-        elif r["pending"]:
-            held.append({"destination": r["destination"], "pending": r["pending"]})
-    workers = await store.list_workers(alive_within_s=settings.worker_dead_after_s)
-    queues = await store.ops_queue_depth()
+    held_by: dict[str, int] = {}
+    queue_by: dict[str, dict[str, Any]] = {}
+    for r in open_rows:
+        if r["status"] not in ("pending", "retrying"):
+            continue
+        q = queue_by.setdefault(r["queue"], {"queue": r["queue"], "pending": 0, "due": 0})
+        q["pending"] += r["count"]
+        q["due"] += r["due"]
+        if r["destination"] not in configured:
+            held_by[r["destination"]] = held_by.get(r["destination"], 0) + r["count"]
+        elif r["oldest_due"] is not None:
+            oldest = r["oldest_due"] if oldest is None else min(oldest, r["oldest_due"])
+    held = [{"destination": d, "pending": n} for d, n in sorted(held_by.items())]
+    queues = [queue_by[name] for name in sorted(queue_by)]
     return {
         "generated_at": now.isoformat(),
         "counts": counts,
@@ -198,7 +219,7 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
         "queues": queues,
         "held": held,
         # Circuit breaker per destination (closed / open / half_open), from destination_state.
-        "circuits": await circuits(store) or {},
+        "circuits": states or {},
         "workers": {
             "alive": sum(1 for w in workers if w["alive"] and not w["stopping"]),
             "registered": len(workers),
@@ -223,6 +244,37 @@ async def status_report(store: Store, settings: Settings, configured: set[str]) 
     }
 
 
+async def _time_figures(
+    store: Store,
+) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
+    await rollup(store)
+    delivered = await store.ops_delivered_by_destination(settle_s=ROLLUP_SETTLE_S)
+    throughput = await store.ops_throughput(settle_s=ROLLUP_SETTLE_S)
+    lag = await store.ops_lag(window_s=LAG_WINDOW_S, sample=LAG_SAMPLE)
+    return delivered, throughput, lag
+
+
+async def _dlq_and_workers(
+    store: Store, settings: Settings
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], dict[str, str] | None]:
+    dead_range = await store.ops_dead_range()
+    top = await _top_errors(store)
+    workers = await store.list_workers(alive_within_s=settings.worker_dead_after_s)
+    return dead_range, top, workers, await circuits(store)
+
+
+def _status_counts(open_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Counts by (status, event type, destination), in that order."""
+    merged: dict[tuple[str, str, str], int] = {}
+    for r in open_rows:
+        key = (r["status"], r["event_type"], r["destination"])
+        merged[key] = merged.get(key, 0) + r["count"]
+    return [
+        {"status": k[0], "event_type": k[1], "destination": k[2], "count": n}
+        for k, n in sorted(merged.items(), key=lambda kv: tuple(x or "" for x in kv[0]))
+    ]
+
+
 def _round(value: float | None) -> float | None:
     return round(value, 3) if value is not None else None
 
@@ -231,11 +283,18 @@ async def dlq_stats(store: Store) -> dict[str, Any]:
     rows = await store.dlq_stats()
     oldest = min((r["oldest_dead_at"] for r in rows if r["oldest_dead_at"]), default=None)
     newest = max((r["newest_dead_at"] for r in rows if r["newest_dead_at"]), default=None)
-    return await _dlq_summary(store, rows, {"oldest_dead_at": oldest, "newest_dead_at": newest})
+    ends = {"oldest_dead_at": oldest, "newest_dead_at": newest}
+    return _dlq_summary(rows, ends, await _top_errors(store))
 
 
-async def _dlq_summary(
-    store: Store, rows: list[dict[str, Any]], ends: dict[str, Any]
+async def _top_errors(store: Store) -> list[dict[str, Any]]:
+    """The five most common errors over the whole DLQ."""
+    now = datetime.now(UTC)
+    return await store.dlq_top_errors(since=now.replace(year=now.year - 100), until=now, limit=5)
+
+
+def _dlq_summary(
+    rows: list[dict[str, Any]], ends: dict[str, Any], top: list[dict[str, Any]]
 ) -> dict[str, Any]:
     by_type: dict[str, int] = {}
     by_dest: dict[str, int] = {}
@@ -243,8 +302,6 @@ async def _dlq_summary(
         by_type[r["event_type"]] = by_type.get(r["event_type"], 0) + r["count"]
         by_dest[r["destination"]] = by_dest.get(r["destination"], 0) + r["count"]
     oldest, newest = ends["oldest_dead_at"], ends["newest_dead_at"]
-    now = datetime.now(UTC)
-    top = await store.dlq_top_errors(since=now.replace(year=now.year - 100), until=now, limit=5)
     return {
         "size": sum(by_type.values()),
         "by_event_type": by_type,

@@ -30,6 +30,18 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One validated event of a POST /events/batch, ready to be written."""
+
+    type: str
+    source: str
+    payload: dict[str, Any]
+    idempotency_key: str | None
+    occurred_at: datetime | None
+    ordering_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SendResult:
     """What an adapter observed; the retry policy turns it into an Outcome."""
 

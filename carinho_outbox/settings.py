@@ -63,7 +63,9 @@ class Settings(BaseSettings):
 
     # Worker tuning.
     worker_concurrency: int = Field(default=50, ge=1, le=2000)
-    worker_batch_size: int = Field(default=50, ge=1, le=1000)
+    # Rows per claim statement (at most the concurrency): per-statement costs (round trip,
+    # commit, scan) are amortised over the batch, so bigger is cheaper per delivery.
+    worker_batch_size: int = Field(default=100, ge=1, le=1000)
     worker_queues: str = "critical,default,low"
     poll_interval_s: float = Field(default=1.0, gt=0)
     lease_s: float = Field(default=60.0, gt=0)
@@ -73,6 +75,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(default=10.0, gt=0)
     db_pool_max: int = Field(default=10, ge=1)
     db_pool_timeout_s: float = Field(default=5.0, gt=0)
+    # Web: an ingest notifies workers by itself only when nothing was sent for this long;
+    # the rest of a burst is folded into one trailing NOTIFY (wakeups.py). 0: every ingest.
+    notify_window_ms: float = Field(default=20.0, ge=0, le=1000)
     # Whole-request bound in the web (503 past it); unset: twice DB_POOL_TIMEOUT_S.
     request_deadline_s: float | None = Field(default=None, gt=0)
 
@@ -99,6 +104,9 @@ class Settings(BaseSettings):
 
     # Ingress.
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    # POST /events/batch: events per request, and the body limit that must let them through.
+    ingest_batch_max: int = Field(default=500, ge=1, le=10_000)
+    ingest_batch_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     auth_cache_s: float = Field(default=5.0, ge=0)
     metrics_public: bool = True
 

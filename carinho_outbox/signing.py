@@ -26,9 +26,23 @@ def _key(secret: str) -> bytes:
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
+    return Signer(secret).sign(msg_id, timestamp, body)
+
+
+class Signer:
+    """One secret's signer: the key is decoded once and the HMAC state keyed once, so each
+    signature is a copy of that state plus the message (the worker signs every delivery)."""
+
+    __slots__ = ("_base",)
+
+    def __init__(self, secret: str) -> None:
+        self._base = hmac.new(_key(secret), digestmod=hashlib.sha256)
+
+    def sign(self, msg_id: str, timestamp: int, body: bytes) -> str:
+        mac = self._base.copy()
+        mac.update(f"{msg_id}.{timestamp}.".encode())
+        mac.update(body)
+        return "v1," + base64.b64encode(mac.digest()).decode("ascii")
 
 
 def headers(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date, datetime
 from typing import Any
@@ -15,7 +18,8 @@ from psycopg_pool import AsyncConnectionPool
 
 from .leads import LeadIngest, LeadMatch, LeadPlan, LeadRow, WrittenEvent, lock_keys
 from .queries import q
-from .records import Job, Outcome
+from .records import BatchItem, Job, Outcome
+from .wakeups import EdgeNotifier
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,13 @@ log = logging.getLogger(__name__)
 RESPONSE_KEEP_CHARS = 2000
 # Concurrent edits of one mapping pair: how many times the losing statement is run again.
 PAIR_RACE_ATTEMPTS = 5
+# A batch ingest rolled back by a deadlock is run again this many times in all.
+BATCH_DEADLOCK_ATTEMPTS = 3
+
+
+def _text(text: str | None) -> str | None:
+    # Postgres text cannot hold NUL; a destination answering one must not wedge the flush.
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
 
 
 def _clip(text: str | None, limit: int = RESPONSE_KEEP_CHARS) -> str | None:
@@ -35,14 +46,40 @@ async def _configure(conn: psycopg.AsyncConnection) -> None:
     # Short statements only on this path; a runaway query must not hold a pooled connection.
     await conn.execute("set statement_timeout = '30s'")
     await conn.execute("set lock_timeout = '5s'")
+    # No JIT: it pays off on long analytic scans, which the hub never runs, while compiling a
+    # plan whose cost estimate crosses jit_above_cost takes hundreds of milliseconds. The
+    # /status statements cross it (their time ranges are parameters, so the planner assumes
+    # wide ones) and spent 0.5 s compiling for a few milliseconds of work.
+    await conn.execute("set jit = off")
+
+
+# A pooled connection back in use within this many seconds is not tested on checkout: under
+# load that test was an extra round trip before every statement (~15% of the web's CPU); a
+# connection that sat idle longer (where a server restart or a proxy timeout bites) still is.
+CHECK_IDLE_AFTER_S = 2.0
+
+_returned_at: weakref.WeakKeyDictionary[psycopg.AsyncConnection, float] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+async def _mark_returned(conn: psycopg.AsyncConnection) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_if_idle(conn: psycopg.AsyncConnection) -> None:
+    returned = _returned_at.get(conn)
+    if returned is None or time.monotonic() - returned > CHECK_IDLE_AFTER_S:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def make_pool(
     dsn: str, *, max_size: int, timeout_s: float, name: str, check: bool = True
 ) -> AsyncConnectionPool:
-    """check=False skips the round trip that tests each connection on checkout: the worker
-    sets it (a statement on a dead connection fails, the pool discards it, and every worker
-    loop retries), saving one round trip per statement on the hot path."""
+    """check=True tests a connection on checkout when it sat idle for CHECK_IDLE_AFTER_S (the
+    web: a request should not fail on a connection the server dropped overnight).
+    check=False never tests: the worker (a statement on a dead connection fails, the pool
+    discards it, and every worker loop retries)."""
     return AsyncConnectionPool(
         dsn,
         min_size=1,
@@ -54,7 +91,8 @@ def make_pool(
         kwargs={"autocommit": True, "application_name": name},
         # A dead server must not make callers wait forever for a reconnect.
         reconnect_timeout=60.0,
-        check=AsyncConnectionPool.check_connection if check else None,
+        check=_check_if_idle if check else None,
+        reset=_mark_returned if check else None,
     )
 
 
@@ -92,8 +130,13 @@ def _job(r: dict[str, Any]) -> Job:
 
 
 class Store:
-    def __init__(self, pool: AsyncConnectionPool) -> None:
+    def __init__(self, pool: AsyncConnectionPool, wakeups: EdgeNotifier | None = None) -> None:
         self.pool = pool
+        # Set in the web: autocommit ingests notify on the edges of a burst (wakeups.py).
+        self.wakeups = wakeups
+
+    async def notify_queues(self, queues: list[str]) -> None:
+        await self._fetchall("notify_queues", {"queues": queues})
 
     async def _fetchall(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
         async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
@@ -126,9 +169,12 @@ class Store:
         extra_delay_s: float | None = None,
     ) -> tuple[UUID, list[str], bool]:
         """Write the event and its deliveries; returns (event id, destinations, duplicate)."""
+        edges = self.wakeups
+        notify = edges is None or edges.lead()
         row = await self._fetchone(
             "ingest_event",
             {
+                "notify": notify,
                 "type": type,
                 "source": source,
                 "payload": Jsonb(payload),
@@ -141,6 +187,8 @@ class Store:
             },
         )
         if row and row["event_id"] is not None:
+            if not notify and edges is not None:
+                edges.trail(row["queues"])
             return row["event_id"], list(row["destinations"]), False
         first = await self._fetchone(
             "find_event_by_idempotency", {"source": source, "idempotency_key": idempotency_key}
@@ -148,6 +196,68 @@ class Store:
         if first is None:  # pragma: no cover - the conflict row cannot vanish (no deletes race)
             raise RuntimeError("idempotency conflict but no first event found")
         return first["event_id"], list(first["destinations"]), True
+
+    async def ingest_batch(
+        self,
+        items: Sequence[BatchItem],
+        *,
+        request_id: str | None,
+        client: str | None,
+        notify: bool = True,
+    ) -> tuple[list[tuple[UUID, list[str], bool]], list[str]]:
+        """Write many events and their deliveries in one statement (one transaction).
+
+        Returns, in item order, (event id, destinations, duplicate) like ingest_event, and the
+        queues written to. A duplicate (of an earlier item or of a stored event) answers with
+        the first event's id and destinations.
+        """
+        params = {
+            "types": [i.type for i in items],
+            "sources": [i.source for i in items],
+            "payloads": Jsonb([i.payload for i in items]),
+            "idempotency_keys": [i.idempotency_key for i in items],
+            "occurred_ats": [i.occurred_at for i in items],
+            "ordering_keys": [i.ordering_key for i in items],
+            "request_id": request_id,
+            "client": client,
+            "notify": notify,
+        }
+        for attempt in range(1, BATCH_DEADLOCK_ATTEMPTS + 1):
+            try:
+                rows = await self._fetchall("ingest_batch", params)
+                break
+            except psycopg.errors.DeadlockDetected:
+                # Batches insert keys in one order and cannot deadlock each other; a webhook's
+                # multi-event transaction sharing keys could. Postgres rolled this one back.
+                if attempt == BATCH_DEADLOCK_ATTEMPTS:
+                    raise
+        written = {r["n"]: (r["event_id"], list(r["destinations"])) for r in rows}
+        # Items whose key was already stored (a retried batch, typically): one lookup for all.
+        stored = [r["n"] for r in rows if r["event_id"] is None and r["first_n"] == r["n"]]
+        if stored:
+            found = await self._fetchall(
+                "find_events_by_idempotency",
+                {
+                    "sources": [items[n - 1].source for n in stored],
+                    "idempotency_keys": [items[n - 1].idempotency_key for n in stored],
+                },
+            )
+            by_key = {
+                (f["source"], f["idempotency_key"]): (f["event_id"], list(f["destinations"]))
+                for f in found
+            }
+            for n in stored:
+                item = items[n - 1]
+                first = by_key.get((item.source, item.idempotency_key))
+                if first is None:  # pragma: no cover - a conflicting row does not vanish
+                    raise RuntimeError("idempotency conflict but no first event found")
+                written[n] = first
+        out: list[tuple[UUID, list[str], bool]] = []
+        for r in rows:
+            event_id, destinations = written[r["first_n"]]
+            out.append((event_id, destinations, r["event_id"] is None))
+        queues = list(rows[0]["queues"]) if rows else []
+        return out, queues
 
     async def event_types(self) -> dict[str, list[str]]:
         rows = await self._fetchall("list_event_types", {})
@@ -288,22 +398,35 @@ class Store:
 
     async def record_outcomes(self, *, worker: str, outcomes: Sequence[Outcome]) -> set[int]:
         """Write a batch of outcomes; returns the ids whose lease still held (the rest lost it)."""
-        params: dict[str, Any] = {
-            "worker": worker,
-            "ids": [o.job.id for o in outcomes],
-            "attempts": [o.job.attempt for o in outcomes],
-            "statuses": [o.status for o in outcomes],
-            "delays_s": [o.delay_s for o in outcomes],
-            "errors": [_clip(o.result.error, 500) for o in outcomes],
-            "http_statuses": [o.result.http_status for o in outcomes],
-            "responses": [_clip(o.result.response) for o in outcomes],
-            "durations_ms": [o.result.duration_ms for o in outcomes],
-            "requests": [_clip(o.result.request_summary, 500) for o in outcomes],
-            "destinations": [o.job.destination for o in outcomes],
-            "external_ids": [o.result.external_id for o in outcomes],
-        }
-        rows = await self._fetchall("record_outcomes", params)
-        return {r["id"] for r in rows}
+        kept, _ = await self.finish_outcomes(worker=worker, outcomes=outcomes)
+        return kept
+
+    async def finish_outcomes(
+        self, *, worker: str, outcomes: Sequence[Outcome]
+    ) -> tuple[set[int], bool]:
+        """record_outcomes, plus whether a finished delivery has a successor of its ordering
+        key waiting to be promoted."""
+        rows = [
+            [
+                o.job.id,
+                o.job.attempt,
+                o.status,
+                o.delay_s,
+                _text(_clip(o.result.error, 500)),
+                o.result.http_status,
+                _text(_clip(o.result.response)),
+                o.result.duration_ms,
+                _text(_clip(o.result.request_summary, 500)),
+                o.job.destination,
+                _text(o.result.external_id),
+            ]
+            for o in outcomes
+        ]
+        params = {"worker": worker, "rows": json.dumps(rows, ensure_ascii=False)}
+        async with self.pool.connection() as conn, conn.cursor() as cur:
+            await cur.execute(q("record_outcomes"), params)
+            result = await cur.fetchall()
+        return {r[0] for r in result}, any(r[1] for r in result)
 
     async def rescue_expired(
         self, *, worker: str, default_max_attempts: int, limit: int = 1000
@@ -576,33 +699,38 @@ class Store:
     async def ops_destinations(self, *, destinations: Sequence[str]) -> list[dict[str, Any]]:
         return await self._fetchall("ops_destinations", {"destinations": list(destinations)})
 
-    async def ops_status_counts(self) -> list[dict[str, Any]]:
-        return await self._fetchall("ops_status_counts", {})
+    async def ops_open_counts(self) -> list[dict[str, Any]]:
+        return await self._fetchall("ops_open_counts", {})
 
     async def ops_dead_range(self) -> dict[str, Any]:
         row = await self._fetchone("ops_dead_range", {})
         assert row is not None
         return row
 
-    async def ops_delivered_by_destination(self) -> dict[str, int]:
-        rows = await self._fetchall("ops_delivered_by_destination", {})
+    async def status_rollup(self, *, settle_s: float) -> int:
+        """Roll the closed minutes of the last hour not rolled up yet; how many were."""
+        return await self._execute("status_rollup", {"settle_s": settle_s})
+
+    async def status_prune(self, *, older_than_s: float) -> int:
+        return await self._execute("status_prune", {"older_than_s": older_than_s})
+
+    async def ops_delivered_by_destination(self, *, settle_s: float) -> dict[str, int]:
+        rows = await self._fetchall("ops_delivered_by_destination", {"settle_s": settle_s})
         return {r["destination"]: r["count"] for r in rows if r["count"]}
 
-    async def ops_throughput(self) -> dict[str, Any]:
-        row = await self._fetchone("ops_throughput", {})
-        assert row is not None  # aggregates always return one row
-        return row
-
-    async def ops_retry_figures(self) -> list[dict[str, Any]]:
-        return await self._fetchall("ops_retry_figures", {})
+    async def ops_throughput(self, *, settle_s: float) -> dict[str, int]:
+        """received_1m … failed_60m: the 1, 5, 15 and 60 minute windows ending now."""
+        rows = await self._fetchall("ops_throughput", {"settle_s": settle_s})
+        return {
+            f"{what}_{r['minutes']}m": r[what]
+            for r in rows
+            for what in ("received", "delivered", "failed")
+        }
 
     async def ops_lag(self, *, window_s: float, sample: int) -> dict[str, Any]:
         row = await self._fetchone("ops_lag", {"window_s": window_s, "sample": sample})
         assert row is not None
         return row
-
-    async def ops_queue_depth(self) -> list[dict[str, Any]]:
-        return await self._fetchall("ops_queue_depth", {})
 
     async def ops_state_gauges(self) -> list[dict[str, Any]]:
         return await self._fetchall("ops_state_gauges", {})
@@ -773,6 +901,8 @@ class Store:
                             "client": client,
                             "ordering_key": ev.ordering_key,
                             "extra_delay_s": None,
+                            # Inside a transaction: NOTIFY is sent at its commit, never early.
+                            "notify": True,
                         },
                     )
                     row = await cur.fetchone()
@@ -818,13 +948,31 @@ class Store:
         assert row is not None
         return int(row["applied"]), int(row["removed"])
 
-    async def take_token(self, *, bucket: str, rate_per_s: float, burst: int) -> tuple[bool, float]:
-        """Take one token from a shared bucket: (allowed, tokens left)."""
+    async def take_token(
+        self, *, bucket: str, rate_per_s: float, burst: int, cost: int = 1, need: int = 1
+    ) -> tuple[bool, float]:
+        """Take `cost` tokens from a shared bucket holding at least `need`: (allowed, tokens
+        left, below 0 after a batch larger than what was there)."""
         row = await self._fetchone(
-            "take_token", {"bucket": bucket, "rate": float(rate_per_s), "burst": float(burst)}
+            "take_token",
+            {
+                "bucket": bucket,
+                "rate": float(rate_per_s),
+                "burst": float(burst),
+                "cost": float(cost),
+                "need": float(need),
+            },
         )
         assert row is not None
         return bool(row["allowed"]), float(row["level"])
+
+    async def peek_token(self, *, bucket: str, rate_per_s: float, burst: int) -> float:
+        """Tokens in a shared bucket now, taking none."""
+        row = await self._fetchone(
+            "peek_token", {"bucket": bucket, "rate": float(rate_per_s), "burst": float(burst)}
+        )
+        assert row is not None
+        return float(row["level"])
 
     async def prune_rate_limits(self, *, batch: int = 10_000) -> int:
         return await self._execute("prune_rate_limits", {"batch": batch})
@@ -939,6 +1087,7 @@ class Store:
                     "client": client,
                     "ordering_key": ordering_key,
                     "extra_delay_s": None,
+                    "notify": True,
                 },
             )
             row = await cur.fetchone()

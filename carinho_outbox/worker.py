@@ -1,10 +1,13 @@
 """The worker loop: claim short, dispatch with no transaction open, finish guarded.
 
-One asyncio loop per process. The claimer takes as many due rows as there is free capacity,
-one statement per batch; each job is dispatched in its own task; finished outcomes are written
-by a single flusher in batches (one statement per batch, group-commit style: while one batch
-is being written the next one accumulates). Wake-ups come from LISTEN/NOTIFY, with polling as
-the fallback, so a lost notification costs at most one poll interval.
+One asyncio loop per process. The claimer takes due rows in batches, one statement per batch,
+once half the lanes are free (at once when the worker is idle); a fixed set of `concurrency`
+lanes (long-lived tasks) dispatch the claimed jobs, so no task is created per delivery;
+finished outcomes are written by a single flusher in batches (one statement per batch,
+group-commit style: while one batch is being written the next one accumulates), and a lane is
+free again as soon as its delivery is done, so claims overlap flushes.
+Wake-ups come from LISTEN/NOTIFY, with polling as the fallback, so a lost notification costs
+at most one poll interval.
 """
 
 from __future__ import annotations
@@ -17,17 +20,19 @@ import os
 import secrets
 import socket
 import time
+from collections import deque
 from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
 
 from . import metrics
 from .adapters import Adapter
-from .mapping import MappingError
+from .mapping import MappingError, MappingSpec, render
 from .protection import needs_write, plan, tally
 from .records import Job, Outcome, SendResult
-from .rendering import Renderer
+from .rendering import Renderer, meta_of
 from .retry import decide
 from .settings import RetryPolicy, Settings
 from .store import Store, listen
@@ -39,6 +44,8 @@ FLUSH_RETRY_S = 0.5
 RESCUE_BATCH = 1000
 # Local wake-ups for this worker's own retries; beyond this many, the poll catches them.
 MAX_RETRY_TIMERS = 10_000
+# Claim statements a worker may have on their way at once (each on its own pooled connection).
+CLAIMS_IN_FLIGHT = 2
 T = TypeVar("T")
 
 
@@ -68,15 +75,34 @@ class Worker:
         self.queues = queues or settings.queues
         self.concurrency = concurrency or settings.worker_concurrency
         self.batch_size = min(settings.worker_batch_size, self.concurrency)
+        # A busy worker claims again once half its lanes are free (or a whole batch): fewer,
+        # fuller statements. A claim and the flush of what it brought cost a round trip, a
+        # commit and an index scan each whatever their size: at 100 rows per claim instead of
+        # ~35 the database spends a quarter less CPU per delivery.
+        self._claim_min = max(1, min(self.batch_size, self.concurrency // 2))
+        self._claiming = 0  # lanes promised to claims in flight
+        self._drained = False
+        self._claim_retry_at = 0.0
         self.id = worker_id or new_worker_id()
         self.renderer = Renderer(store)
-        self.in_flight = 0
+        self.in_flight = 0  # claimed and not yet recorded (queued, dispatching or flushing)
         self.processed = 0
         self.stopping = False
         self._wake = asyncio.Event()
         self._outcomes: list[Outcome] = []
         self._outcomes_ready = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Claimed jobs waiting for a lane, the lanes, and the parked (idle) lanes' futures.
+        self._queue: deque[Job] = deque()
+        self._lanes: list[asyncio.Task[None]] = []
+        self._parked: list[asyncio.Future[None]] = []
+        self._dispatching = 0
+        # Statement counts, logged at stop: deliveries per claim (claims that brought rows)
+        # and per flush show whether the database round trips are being amortised.
+        self.claims = 0
+        self.flushes = 0
+        self.promotes = 0
+        self._specs: dict[tuple[str, str, int | None], MappingSpec] = {}
+        self._loading: dict[tuple[str, str, int | None], asyncio.Future[MappingSpec]] = {}
         self.listening = asyncio.Event()
         self.configs = dict(settings.destinations)
         self._states: dict[str, dict[str, Any]] = {}
@@ -114,6 +140,9 @@ class Worker:
             asyncio.create_task(self._flush_loop(), name="flush"),
             asyncio.create_task(self._maintain(), name="maintain"),
         ]
+        self._lanes = [
+            asyncio.create_task(self._lane(), name=f"lane-{i}") for i in range(self.concurrency)
+        ]
         claimer = asyncio.create_task(self._claim_loop(stop), name="claim")
         try:
             await stop.wait()
@@ -139,18 +168,26 @@ class Worker:
                     "worker": self.id,
                     "released": released,
                     "processed": self.processed,
+                    "claims": self.claims,
+                    "flushes": self.flushes,
+                    "promotes": self.promotes,
                 },
             )
 
     async def _drain(self, claimer: asyncio.Task[None]) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await claimer
-        if self._tasks:
+        # Lanes finish the job they are on and stop; queued jobs are never started (the
+        # lease release below hands them back with their attempt refunded).
+        self._unpark(len(self._parked))
+        unfinished = self._dispatching + len(self._queue)
+        if unfinished:
             log.info(
                 "draining in-flight deliveries",
-                extra={"action": "draining", "worker": self.id, "in_flight": len(self._tasks)},
+                extra={"action": "draining", "worker": self.id, "in_flight": unfinished},
             )
-            _, late = await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
+        if self._lanes:
+            _, late = await asyncio.wait(self._lanes, timeout=self.settings.shutdown_grace_s)
             for task in late:
                 task.cancel()
             if late:
@@ -166,32 +203,59 @@ class Worker:
     # --- claiming ------------------------------------------------------------------------
 
     async def _claim_loop(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self._promote_if_due()
-            want = min(self.batch_size, self.concurrency - self.in_flight)
-            if want <= 0:
-                await self._sleep(self._idle_wait())
-                continue
-            try:
-                jobs = await self._claim(want)
-            except (psycopg.Error, OSError) as exc:
-                log.warning(
-                    "claim failed: %s",
-                    type(exc).__name__,
-                    extra={"action": "claim_failed", "worker": self.id},
-                )
-                await self._sleep(self.settings.poll_interval_s)
-                continue
-            if jobs:
-                log.debug("claimed", extra={"action": "claimed", "count": len(jobs)})
-            for job in jobs:
-                self.in_flight += 1
-                self._held.add(job.id)
-                task = asyncio.create_task(self._process(job))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-            if len(jobs) < want:
-                await self._sleep(self._idle_wait())
+        # Claims run as tasks, up to CLAIMS_IN_FLIGHT at once: lanes that free up while a
+        # claim is on its way start the next one instead of idling behind it. A claim only
+        # ever asks for lanes that are free and not promised to a claim in flight, so no job
+        # waits in the worker for a lane.
+        claims: set[asyncio.Task[None]] = set()
+        try:
+            while not stop.is_set():
+                await self._promote_if_due()
+                wait = self._claim_retry_at - time.monotonic()
+                if wait > 0:
+                    await self._sleep(wait)
+                    continue
+                if self._drained:
+                    # The last claim came back short: nothing more is due for now.
+                    self._drained = False
+                    await self._sleep(self._idle_wait())
+                    continue
+                free = self._free_lanes() - self._claiming
+                if free < self._claim_min or len(claims) >= CLAIMS_IN_FLIGHT:
+                    # Busy: wait until enough lanes free up for a worthwhile batch.
+                    await self._sleep(self._idle_wait())
+                    continue
+                want = min(self.batch_size, free)
+                self._claiming += want
+                task = asyncio.create_task(self._claim_batch(want), name="claim-batch")
+                claims.add(task)
+                task.add_done_callback(claims.discard)
+        finally:
+            if claims:
+                await asyncio.wait(claims)
+
+    async def _claim_batch(self, want: int) -> None:
+        try:
+            jobs = await self._claim(want)
+        except (psycopg.Error, OSError) as exc:
+            log.warning(
+                "claim failed: %s",
+                type(exc).__name__,
+                extra={"action": "claim_failed", "worker": self.id},
+            )
+            self._claim_retry_at = time.monotonic() + self.settings.poll_interval_s
+            return
+        finally:
+            self._claiming -= want
+            self._wake.set()
+        if jobs:
+            self.claims += 1
+            self.in_flight += len(jobs)
+            self._held.update(job.id for job in jobs)
+            self._queue.extend(jobs)
+            self._unpark(len(jobs))
+        if len(jobs) < want:
+            self._drained = True
 
     async def _claim(self, want: int) -> list[Job]:
         plan = self._plan
@@ -249,6 +313,7 @@ class Worker:
         if now < self._next_promote:
             return
         self._next_promote = now + self.settings.poll_interval_s
+        self.promotes += 1
         try:
             await self.store.promote_due()
         except (psycopg.Error, OSError) as exc:
@@ -264,16 +329,70 @@ class Worker:
         return max(0.001, min(self.settings.poll_interval_s, until - now))
 
     async def _sleep(self, seconds: float) -> None:
+        # asyncio.timeout, not wait_for: no task per sleep (the claimer sleeps once per batch).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), timeout=seconds)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         self._wake.clear()
 
     # --- dispatching ---------------------------------------------------------------------
 
+    def _unpark(self, n: int) -> None:
+        parked = self._parked
+        while n > 0 and parked:
+            fut = parked.pop()
+            if not fut.done():
+                fut.set_result(None)
+                n -= 1
+
+    async def _lane(self) -> None:
+        """One dispatch slot: takes queued jobs one at a time until stopping."""
+        queue = self._queue
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            if not queue:
+                fut: asyncio.Future[None] = loop.create_future()
+                self._parked.append(fut)
+                await fut
+                continue
+            job = queue.popleft()
+            self._dispatching += 1
+            try:
+                await self._process(job)
+            except Exception:
+                # A bug must not cost the lane. The row is let go (no more lease extensions):
+                # its lease runs out and the rescue makes it claimable again.
+                log.exception("dispatch failed", extra={"action": "dispatch_error", "job": job.id})
+                self._held.discard(job.id)
+                self.in_flight -= 1
+            finally:
+                self._dispatching -= 1
+            if self._free_lanes() >= self._claim_min:
+                self._wake.set()
+
+    async def _data_for(self, job: Job) -> dict[str, Any]:
+        # Specs are immutable per version: after the first delivery of a (type, destination,
+        # version) the render needs no await.
+        key = (job.type, job.destination, job.mapping_version)
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = await self._load_spec(key)
+        return render(spec, job.payload, meta_of(job))
+
+    async def _load_spec(self, key: tuple[str, str, int | None]) -> MappingSpec:
+        # One query per spec however many lanes miss it at once (a whole batch does, at start).
+        loading = self._loading.get(key)
+        if loading is None:
+            loading = self._loading[key] = asyncio.ensure_future(self.renderer.spec_for(*key))
+            loading.add_done_callback(lambda _f: self._loading.pop(key, None))
+        # Shielded: a lane cancelled at shutdown must not cancel the others' load.
+        spec = await asyncio.shield(loading)
+        self._specs[key] = spec
+        return spec
+
     async def _process(self, job: Job) -> None:
-        policy = self.policies.get(job.destination, self.default_policy)
         try:
-            data = await self.renderer.data_for(job)
+            data = await self._data_for(job)
         except MappingError as exc:
             result = SendResult(ok=False, permanent=True, error=f"mapping error: {exc}")
         except (psycopg.Error, OSError) as exc:
@@ -284,15 +403,29 @@ class Worker:
             except Exception as exc:  # an adapter bug must not kill the worker or lose the row
                 log.exception("adapter crashed", extra={"action": "adapter_error", "job": job.id})
                 result = SendResult(ok=False, error=f"adapter error: {type(exc).__name__}: {exc}")
-        decision = decide(
-            attempt=job.attempt,
-            max_attempts=job.max_attempts or policy.max_attempts,
-            result=result,
-            policy=policy,
-        )
-        outcome = Outcome(job=job, status=decision.status, result=result, delay_s=decision.delay_s)
+        if result.ok:
+            outcome = Outcome(job=job, status="delivered", result=result)
+        else:
+            policy = self.policies.get(job.destination, self.default_policy)
+            decision = decide(
+                attempt=job.attempt,
+                max_attempts=job.max_attempts or policy.max_attempts,
+                result=result,
+                policy=policy,
+            )
+            outcome = Outcome(
+                job=job, status=decision.status, result=result, delay_s=decision.delay_s
+            )
         self._outcomes.append(outcome)
         self._outcomes_ready.set()
+
+    def _free_lanes(self) -> int:
+        """Lanes with nothing to do, as far as a claim may fill them. A finished delivery's
+        lane is free at once, while its outcome waits for the flusher: the next claim overlaps
+        that flush instead of queueing behind it. The rows held unrecorded stay bounded all the
+        same (at most twice the concurrency) if the flushes fall behind."""
+        busy = self._dispatching + len(self._queue)
+        return min(self.concurrency - busy, 2 * self.concurrency - self.in_flight)
 
     # --- finishing -----------------------------------------------------------------------
 
@@ -306,8 +439,9 @@ class Worker:
         batch, self._outcomes = self._outcomes, []
         if not batch:
             return True
+        self.flushes += 1
         try:
-            kept = await self.store.record_outcomes(worker=self.id, outcomes=batch)
+            kept, unblocks = await self.store.finish_outcomes(worker=self.id, outcomes=batch)
         except (psycopg.Error, OSError) as exc:
             # Keep them and try again: if this process dies first, the leases expire and the
             # deliveries are sent again (at-least-once), never lost.
@@ -320,23 +454,32 @@ class Worker:
             await asyncio.sleep(FLUSH_RETRY_S)
             self._outcomes_ready.set()
             return False
+        held = self._held
+        recorded: list[Outcome] = []
+        delivered: dict[str, int] = {}
+        # Per-delivery lines are DEBUG unless LOG_DELIVERED=each: skip building them at all.
+        log_delivered = self._log_each or log.isEnabledFor(logging.DEBUG)
+        now = time.monotonic()
         for outcome in batch:
-            self._held.discard(outcome.job.id)
-            self._log_outcome(outcome, lease_held=outcome.job.id in kept)
-            if outcome.job.id not in kept:
+            job = outcome.job
+            held.discard(job.id)
+            if job.id not in kept:
+                self._log_outcome(outcome, lease_held=False)
                 continue
-            metrics.observe_outcome(outcome)
-            if outcome.status == "pending" and len(self._retry_times) < MAX_RETRY_TIMERS:
-                heapq.heappush(self._retry_times, time.monotonic() + outcome.delay_s)
-            elif outcome.job.ordering_key is not None:
-                self._next_promote = 0.0  # the next delivery of this key may go now
+            recorded.append(outcome)
+            status = outcome.status
+            if status == "delivered":
+                delivered[job.destination] = delivered.get(job.destination, 0) + 1
+                if log_delivered:
+                    self._log_outcome(outcome, lease_held=True)
+            else:
+                self._log_outcome(outcome, lease_held=True)
+            if status == "pending" and len(self._retry_times) < MAX_RETRY_TIMERS:
+                heapq.heappush(self._retry_times, now + outcome.delay_s)
+        if unblocks:
+            self._next_promote = 0.0  # the next delivery of a finished key may go now
+        metrics.observe_outcomes(recorded, datetime.now(UTC))
         if not self._log_each:
-            delivered: dict[str, int] = {}
-            for outcome in batch:
-                if outcome.status == "delivered" and outcome.job.id in kept:
-                    delivered[outcome.job.destination] = (
-                        delivered.get(outcome.job.destination, 0) + 1
-                    )
             if delivered:
                 log.info(
                     "delivered %d",
@@ -349,7 +492,7 @@ class Worker:
                 )
         self.in_flight -= len(batch)
         self.processed += len(batch)
-        await self._record_breakers(tally(o for o in batch if o.job.id in kept))
+        await self._record_breakers(tally(recorded))
         self._wake.set()
         return True
 

@@ -64,7 +64,7 @@ PUBLIC = {
     ("GET", "/dashboard/static/{name}"),
 }
 # Any valid key whose scope allows the event's source.
-KEYED = {("POST", "/events")}
+KEYED = {("POST", "/events"), ("POST", "/events/batch")}
 FILL = {
     "event_id": str(uuid.uuid4()),
     "delivery_id": "1",
@@ -115,6 +115,7 @@ def keys(dsn: str, db: psycopg.Connection) -> dict[str, str]:
 @pytest.fixture
 def app_client(dsn: str) -> Iterator[TestClient]:
     settings = make_settings(METRICS_PUBLIC="false", MAX_BODY_BYTES="2048",
+                             INGEST_BATCH_MAX_BODY_BYTES="2048",
                              SITE_WEBHOOK_SECRET=SITE_SECRET, ZAPI_WEBHOOK_TOKEN=ZAPI_TOKEN,
                              **NO_LIMITS)
     with TestClient(create_app(settings, dsn), raise_server_exceptions=False,

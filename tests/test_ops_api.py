@@ -191,11 +191,11 @@ def _plan_nodes(plan: dict[str, Any]) -> list[tuple[str, str | None]]:
 # The operator queries and sample parameters: each must reach the big tables through an index.
 OPS_QUERIES: dict[str, dict[str, Any]] = {
     "ops_destinations": {"destinations": ["crm", "operacao"]},
-    "ops_status_counts": {},
-    "ops_delivered_by_destination": {},
+    "ops_open_counts": {},
+    "ops_delivered_by_destination": {"settle_s": 15.0},
     "ops_dead_range": {},
-    "ops_throughput": {},
-    "ops_retry_figures": {},
+    "ops_throughput": {"settle_s": 15.0},
+    "status_rollup": {"settle_s": 15.0},
     "ops_lag": {"window_s": 900, "sample": 10000},
     "ops_state_gauges": {},
     "ops_series": {},

@@ -11,7 +11,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -19,11 +18,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import psycopg
 from psycopg import sql
 
+from ..embedded_pg import PgServer
+from ..embedded_pg import find_server as _find_server
 from ..migrate import migrate
 from ..settings import sql_dir
 
@@ -108,61 +108,8 @@ def figure(name: str, windows: list[float], unit: str, note: str = "") -> Figure
 # --- database -----------------------------------------------------------------------------
 
 
-@dataclass
-class PgServer:
-    host: str
-    port: int
-    user: str
-    password: str | None
-    handle: Any = None
-    embedded: bool = False
-
-    def dsn(self, dbname: str) -> str:
-        parts = [f"host={self.host}", f"port={self.port}", f"user={self.user}", f"dbname={dbname}"]
-        if self.password:
-            parts.append(f"password={self.password}")
-        return " ".join(parts)
-
-    def url(self, dbname: str) -> str:
-        """The same as a URL (asyncpg and pgqueuer want one); a socket dir goes in `host=`."""
-        auth = self.user + (f":{self.password}" if self.password else "")
-        if self.host.startswith("/"):
-            return f"postgresql://{auth}@/{dbname}?host={self.host}&port={self.port}"
-        return f"postgresql://{auth}@{self.host}:{self.port}/{dbname}"
-
-
-def _answers(server: PgServer) -> bool:
-    try:
-        with psycopg.connect(server.dsn("postgres"), connect_timeout=2):
-            return True
-    except psycopg.Error:
-        return False
-
-
 def find_server() -> PgServer:
-    """The server on 127.0.0.1:5432 (or the PG* environment) when it answers, else pgserver."""
-    env_server = PgServer(
-        host=os.environ.get("PGHOST", "127.0.0.1"),
-        port=int(os.environ.get("PGPORT", "5432")),
-        user=os.environ.get("PGUSER", "postgres"),
-        password=os.environ.get("PGPASSWORD"),
-    )
-    if _answers(env_server):
-        return env_server
-    import pgserver
-
-    pgdata = Path(tempfile.mkdtemp(prefix="carinho-bench-pg-"))
-    handle = pgserver.get_server(pgdata, cleanup_mode="delete")
-    uri = urlparse(handle.get_uri())
-    query = dict(p.split("=", 1) for p in uri.query.split("&") if "=" in p)
-    return PgServer(
-        host=unquote(query.get("host", uri.hostname or "127.0.0.1")),
-        port=uri.port or 5432,
-        user=unquote(uri.username or "postgres"),
-        password=uri.password,
-        handle=handle,
-        embedded=True,
-    )
+    return _find_server("carinho-bench-pg-")
 
 
 @contextlib.contextmanager

@@ -37,10 +37,11 @@ from .common import (
     python_module,
     wait_until,
 )
-from .wrk import run_wrk_many, write_lua
+from .wrk import run_wrk_many, write_batch_lua, write_lua
 
-# The real worker; the same with in-process no-op adapters; the same with a sharded HTTP
-# client (a prototype of a recommended engine change).
+# The real worker; the same with in-process no-op adapters; the same with its webhooks sent
+# through aiohttp (the client it had before adapters/http1.py) or with a sharded httpx client
+# for the low-volume adapters (proto_worker.py: comparisons, not product code).
 WORKER_MODULES = {
     "http": "carinho_outbox.worker_cli",
     "noop": "carinho_outbox.bench.noop_worker",
@@ -192,6 +193,20 @@ class EngineRun:
     pids: list[int]
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (those we may not read count 0)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def engine_rate(
     procs: Procs,
     *,
@@ -218,7 +233,7 @@ def engine_rate(
     started = procs.start_workers(workers, concurrency, kind=kind)
     pids = [c.pid for c in started]
     rates: list[float] = []
-    note = ""
+    note = cpu_note = ""
     with RssSampler(lambda: pids) as rss, connect(dsn) as conn:
         try:
             wait_until(
@@ -233,11 +248,27 @@ def engine_rate(
             assert last is not None
             if on_running is not None:
                 on_running(pids)
-            for _ in range(windows):
+            backends = [
+                r[0]
+                for r in conn.execute(
+                    "select pid from pg_stat_activity where application_name = 'carinho-worker'"
+                )
+            ]
+            cpu_before = (_cpu_s(pids), _cpu_s(backends))
+            for i in range(windows):
                 time.sleep(window_s)
                 now = conn.execute(probe, {"since": since}).fetchone()
                 assert now is not None
                 rates.append((now[0] - last[0]) / (now[1] - last[1]))
+                if i == 0:
+                    # CPU per delivery over the first window (the backlog is never dry there):
+                    # a figure a busy machine moves far less than the rate.
+                    done = max(1, now[0] - last[0])
+                    worker_us = 1e6 * (_cpu_s(pids) - cpu_before[0]) / done
+                    pg_us = 1e6 * (_cpu_s(backends) - cpu_before[1]) / done
+                    cpu_note = f"CPU per delivery: workers {worker_us:.0f} µs"
+                    if pg_us > 0:
+                        cpu_note += f", their Postgres backends {pg_us:.0f} µs"
                 last = now
             pending = _scalar(conn, st.COUNT_PENDING)
         finally:
@@ -247,13 +278,14 @@ def engine_rate(
         top = max(rates)
         kept = [r for r in rates if r >= 0.6 * top]
         if len(kept) < len(rates):
-            note = f"backlog ran out ({len(rates) - len(kept)} window(s) dropped)"
+            note = f"backlog ran out ({len(rates) - len(kept)} window(s) dropped); "
             rates = kept
+    note += cpu_note
     what = {
         "http": "HTTP no-op receiver",
         "noop": "in-process no-op adapter",
-        "sharded": "HTTP no-op receiver, sharded httpx client (prototype)",
-        "aiohttp": "HTTP no-op receiver, aiohttp client (prototype)",
+        "sharded": "HTTP no-op receiver, sharded httpx for low-volume adapters",
+        "aiohttp": "HTTP no-op receiver, webhooks over aiohttp (comparison)",
         "tuned": "no-op adapter, no pool check, no per-delivery log (prototype)",
     }[kind]
     name = label or f"engine, {what}, {workers} proc, concurrency {concurrency}"
@@ -315,6 +347,67 @@ def ingress_rate(
     what = "key rate limit on (high quota)" if limiter else "key rate limit off"
     fig = figure(
         f"ingress POST /events, {web_procs} web proc, {connections} conns, {what}",
+        rates,
+        "events/s",
+        note,
+    )
+    return IngressRun(fig, rss.peak_mb, errors, events)
+
+
+def ingress_batch_rate(
+    procs: Procs,
+    keys: Keys,
+    *,
+    web_procs: int,
+    connections: int,
+    per_request: int,
+    warmup_s: float,
+    window_s: float,
+    windows: int,
+) -> IngressRun:
+    """POST /events/batch with `per_request` events per body: events/s from wrk's 2xx answers
+    (requests/s times events per request), checked against the rows in the table afterwards."""
+    with connect(procs.dsn) as conn:
+        conn.execute(st.TRUNCATE_OUTBOX)
+    pool = max(1, connections // web_procs)
+    webs = procs.start_webs(web_procs, pool)
+    urls = [f"http://127.0.0.1:{port}/events/batch" for _, port in webs]
+    lua = write_batch_lua(
+        procs.logs / "ingress-batch.lua", key=keys.ingest, per_request=per_request
+    )
+    rates: list[float] = []
+    errors = 0
+    requests = 0
+    try:
+        with RssSampler(lambda: [c.pid for c, _ in webs]) as rss:
+            run_wrk_many(urls, lua, connections=connections, duration_s=warmup_s)
+            for _ in range(windows):
+                results = run_wrk_many(urls, lua, connections=connections, duration_s=window_s)
+                failed = sum(r.non_2xx + r.socket_errors for r in results)
+                done = sum(r.requests for r in results)
+                # Only answered batches count: scale the rate by the share that succeeded.
+                ok_share = (done - failed) / done if done else 0.0
+                rates.append(sum(r.rate for r in results) * ok_share * per_request)
+                errors += failed
+                requests += done
+    finally:
+        procs.stop([c for c, _ in webs])
+    with connect(procs.dsn) as conn:
+        events = int(_scalar(conn, st.COUNT_EVENTS))
+        per_event = _scalar(
+            conn,
+            "select count(*)::float8 / greatest(1, (select count(*) from events)) from deliveries",
+        )
+    rows = [r * (1 + per_event) for r in rates]
+    note = (
+        f"{median(rows):,.0f} rows/s written (1 event + {per_event:.2f} deliveries each); "
+        f"{events:,} events in table; DB pool {pool} per process"
+    )
+    if errors:
+        note += f"; {errors} non-2xx/socket errors of {requests} requests"
+    fig = figure(
+        f"ingress batch endpoint, {per_request} events per request, {web_procs} web proc, "
+        f"{connections} conns",
         rates,
         "events/s",
         note,

@@ -1,28 +1,33 @@
-"""Prototypes (benchmark only): `carinho-worker` with its HTTP client swapped.
+"""Comparisons (benchmark only): `carinho-worker` with its HTTP clients swapped, chosen by
+BENCH_PROTO_CLIENT, so that one `make bench` run measures what each client costs:
 
-Profiles of the worker against a no-op receiver put ~75% of its CPU inside httpx/httpcore:
-one httpx.AsyncClient with 100 connections spends its time in its own pool bookkeeping once
-tens of requests are in flight (encode/httpx#3215), and httpcore re-tries `import sniffio` on
-every request when sniffio is not installed (a failed import walks sys.path each time). This
-module runs the real worker with one of two replacements, chosen by BENCH_PROTO_CLIENT:
+- `aiohttp`: the webhook destinations go through aiohttp (one shared ClientSession, what the
+  worker used before adapters/http1.py) instead of the worker's own HTTP/1.1 client; the same
+  signed envelope, the same timeouts and error mapping;
+- `sharded`: the low-volume adapters' httpx client split over small pools (8 connections
+  each) plus the sniffio fix; it does not touch the webhook path any more (kept so earlier
+  results stay comparable).
 
-- `sharded`: the same connection budget split over small httpx clients (8 connections each),
-  each request going to the least busy one, plus the sniffio fix;
-- `aiohttp`: an aiohttp ClientSession behind the slice of the httpx API the adapters use.
-
-Nothing here is imported by the product; it shows what the change would buy.
+Nothing here is imported by the product.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
 import httpx
 
-from .. import worker_cli
-from ..settings import Settings
+from .. import signing, worker_cli
+from ..adapters.webhook import RESPONSE_READ_LIMIT_BYTES, WebhookAdapter
+from ..envelope import encode, envelope, webhook_id
+from ..records import Job, SendResult
+from ..registry import build_adapters
+from ..retry import classify_http, parse_retry_after
+from ..settings import DestinationConfig, Settings
+from ..store import Store
 
 CONNECTIONS_PER_SHARD = 8
 
@@ -81,98 +86,119 @@ def sharded_client(settings: Settings, concurrency: int) -> ShardedClient:
     )
 
 
-class _Response:
-    """What the adapters read from an httpx.Response."""
+class AiohttpSession:
+    """One aiohttp ClientSession for every webhook destination, opened on first use."""
 
-    def __init__(self, status_code: int, content: bytes, headers: Any) -> None:
-        self.status_code = status_code
-        self.content = content
-        self.headers = headers
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self) -> Any:
-        import json
-
-        return json.loads(self.content)
-
-
-class AiohttpClient:
-    """aiohttp behind the httpx calls the adapters make; errors mapped to httpx's classes."""
-
-    def __init__(self, settings: Settings, concurrency: int) -> None:
-        self.settings = settings
+    def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
         self._session: Any = None
 
-    def _get_session(self) -> Any:
+    def get(self) -> Any:
         import aiohttp
 
-        if self._session is None:
+        if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=0),
-                timeout=aiohttp.ClientTimeout(total=self.settings.request_timeout_s),
+                connector=aiohttp.TCPConnector(
+                    limit=self.concurrency, limit_per_host=0, ttl_dns_cache=300
+                ),
+                timeout=aiohttp.ClientTimeout(total=None),
                 auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
             )
         return self._session
 
-    async def request(
-        self,
-        method: str,
-        url: str,
-        *,
-        content: bytes | None = None,
-        json: Any = None,
-        headers: Any = None,
-        timeout: Any = None,  # noqa: ASYNC109 - httpx's signature, mirrored
-        **_: Any,
-    ) -> _Response:
-        import aiohttp
-
-        total = self.settings.request_timeout_s
-        if isinstance(timeout, httpx.Timeout) and timeout.read is not None:
-            total = timeout.read
-        elif isinstance(timeout, int | float):
-            total = float(timeout)
-        session = self._get_session()
-        try:
-            async with session.request(
-                method,
-                url,
-                data=content,
-                json=json,
-                headers=dict(headers or {}),
-                allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=total),
-            ) as r:
-                body = await r.content.read(64 * 1024)
-                return _Response(r.status, body, r.headers)
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout(str(exc) or "timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from exc
-
-    async def post(self, url: str, **kw: Any) -> _Response:
-        return await self.request("POST", url, **kw)
-
-    async def get(self, url: str, **kw: Any) -> _Response:
-        return await self.request("GET", url, **kw)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
+    async def close(self) -> None:
+        if self._session is not None and not self._session.closed:
             await self._session.close()
 
 
-def aiohttp_client(settings: Settings, concurrency: int) -> AiohttpClient:
-    return AiohttpClient(settings, concurrency)
+class AiohttpWebhookAdapter:
+    """The webhook adapter over aiohttp, with the same per-destination preparation."""
+
+    def __init__(self, config: DestinationConfig, session: AiohttpSession) -> None:
+        import aiohttp
+        from yarl import URL
+
+        self.name = config.name
+        self.config = config
+        self.session = session
+        self._timeout = aiohttp.ClientTimeout(total=config.timeout_s)
+        self._url = URL(config.url or "")
+        self._headers = {"content-type": "application/json", "user-agent": "carinho-outbox"}
+        if config.token:
+            self._headers["authorization"] = f"Bearer {config.token.get_secret_value()}"
+        secret = config.secret.get_secret_value() if config.secret else None
+        self._signer = signing.Signer(secret) if secret else None
+
+    async def send(self, job: Job, data: dict[str, Any]) -> SendResult:
+        import aiohttp
+
+        body = encode(envelope(job, data))
+        msg_id = webhook_id(job)
+        timestamp = int(time.time())
+        headers = self._headers.copy()
+        headers["webhook-id"] = msg_id
+        headers["webhook-timestamp"] = str(timestamp)
+        if self._signer is not None:
+            headers["webhook-signature"] = self._signer.sign(msg_id, timestamp, body)
+        summary = f"POST {self.config.url} {len(body)}B"
+        started = time.perf_counter()
+        try:
+            async with self.session.get().post(
+                self._url, data=body, headers=headers, timeout=self._timeout,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                raw = await response.content.read(RESPONSE_READ_LIMIT_BYTES)
+                retry_after = response.headers.get("retry-after")
+        except TimeoutError:
+            return SendResult(
+                ok=False,
+                error=f"timeout: no complete answer within {self.config.timeout_s:g}s",
+                request_summary=summary,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        except aiohttp.ClientError as exc:
+            return SendResult(
+                ok=False,
+                error=f"connection error: {type(exc).__name__}: {exc}",
+                request_summary=summary,
+                duration_ms=(time.perf_counter() - started) * 1000,
+            )
+        kind = classify_http(status)
+        return SendResult(
+            ok=kind == "ok",
+            permanent=kind == "permanent",
+            http_status=status,
+            error=None if kind == "ok" else f"HTTP {status}",
+            response=raw.decode("utf-8", "replace"),
+            retry_after_s=parse_retry_after(retry_after, time.time()) if retry_after else None,
+            request_summary=summary,
+            duration_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+def aiohttp_adapters(
+    settings: Settings, client: httpx.AsyncClient, store: Store
+) -> dict[str, Any]:
+    adapters: dict[str, Any] = dict(build_adapters(settings, client, store))
+    session = AiohttpSession(settings.worker_concurrency)
+    for name, adapter in adapters.items():
+        if isinstance(adapter, WebhookAdapter):
+            adapters[name] = AiohttpWebhookAdapter(adapter.config, session)
+    return adapters
 
 
 def main(argv: list[str] | None = None) -> None:
     kind = os.environ.get("BENCH_PROTO_CLIENT", "sharded")
-    factory = {"sharded": sharded_client, "aiohttp": aiohttp_client}[kind]
-    worker_cli.http_client = factory  # type: ignore[assignment]
+    if kind == "aiohttp":
+        # worker_cli looks build_adapters up in its own namespace at call time.
+        worker_cli.build_adapters = aiohttp_adapters  # type: ignore[assignment]
+    else:
+        worker_cli.http_client = sharded_client  # type: ignore[assignment]
     worker_cli.main(argv)
 
 

@@ -16,6 +16,7 @@ from .. import metrics
 from ..ingress import Accepted, Ingress
 from ..settings import Settings
 from ..store import Store, make_pool
+from ..wakeups import EdgeNotifier
 from . import events, feedback, health, mappings_api, site_webhook, whatsapp_webhook
 from .auth import Authenticator
 from .errors import HANDLERS
@@ -37,6 +38,8 @@ class Hub:
             name="carinho-web",
         )
         self.store = Store(self.pool)
+        window_s = settings.notify_window_ms / 1000
+        self.store.wakeups = EdgeNotifier(window_s, self.store.notify_queues)
         self.auth = Authenticator(self.store, settings.auth_cache_s)
         self.ingress = Ingress(self.store)
         self.limiter = RateLimiter(self.store, settings)
@@ -66,12 +69,15 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
         try:
             yield
         finally:
+            if hub.store.wakeups is not None:
+                await hub.store.wakeups.close()
             await hub.pool.close()
 
     routes = [
         Route("/health", health.live, methods=["GET"]),
         Route("/health/detailed", health.detailed, methods=["GET"]),
         Route("/events", events.post_event, methods=["POST"]),
+        Route("/events/batch", events.post_events_batch, methods=["POST"]),
         Route("/events/{event_id}", events.get_event, methods=["GET"]),
         # public webhooks (issue 3)
         Route("/webhooks/site/lead", site_webhook.post_site_lead, methods=["POST"]),

@@ -13,18 +13,21 @@ MAX_JSON_DEPTH = 32
 
 
 def _depth(value: Any, limit: int) -> int:
-    # Iterative, so hostile nesting cannot blow the Python stack.
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    deepest = 0
+    # Iterative, so hostile nesting cannot blow the Python stack. Only containers are pushed
+    # (a scalar's level is its parent's plus one): a batch body has thousands of scalars.
+    if not isinstance(value, dict | list):
+        return 1
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(value, 1)]
+    deepest = 1
     while stack:
         node, depth = stack.pop()
-        deepest = max(deepest, depth)
-        if deepest > limit:
-            return deepest
-        if isinstance(node, dict):
-            stack.extend((v, depth + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, depth + 1) for v in node)
+        children = node.values() if isinstance(node, dict) else node
+        if children:
+            if depth + 1 > deepest:
+                deepest = depth + 1
+                if deepest > limit:
+                    return deepest
+            stack.extend((v, depth + 1) for v in children if isinstance(v, dict | list))
     return deepest
 
 
@@ -61,6 +64,18 @@ def parse_json(raw: bytes) -> Any:
     if _depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise ApiError(422, "too_deep", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     return value
+
+
+# How JSON text can carry what Postgres jsonb refuses once parsed by Python: a NUL or a lone
+# surrogate only as a \\u escape (raw ones fail json.loads), NaN and Infinity as bare words.
+_JSONB_UNSAFE = (b"\\u0000", b"\\ud", b"\\uD", b"NaN", b"Infinity")
+
+
+def jsonb_safe_text(raw: bytes) -> bool:
+    """True when JSON text parsed by parse_json cannot hold anything jsonb refuses, so the
+    values need no walk (payloads.json_safety_errors). Conservative: the same bytes inside a
+    string (a valid surrogate pair, the word NaN) only mean the values are walked after all."""
+    return not any(token in raw for token in _JSONB_UNSAFE)
 
 
 async def json_body(request: Request, limit: int) -> Any:

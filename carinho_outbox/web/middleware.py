@@ -70,6 +70,8 @@ class RequestLogMiddleware:
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     "client": state.get("client"),
                     "event_ids": state.get("event_ids"),
+                    # POST /events/batch: how many events, not their ids or contents.
+                    "event_count": state.get("event_count"),
                 },
             )
             observer = state.get("observe_request")

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from .events import EventAccepted, EventIn
+from .events import EventAccepted, EventBatchAccepted, EventBatchIn, EventIn
 from .schemas import (
     DlqActionResult,
     DlqBulkReprocess,
@@ -89,6 +89,21 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body=EventIn,
         description="200 answers a repeated idempotency key with the first event "
         "(`duplicate: true`).",
+    ),
+    ("POST", "/events/batch"): Op(
+        "Accept many events at once (one transaction: all of them or none)",
+        "events",
+        "key",
+        {202: EventBatchAccepted, 200: EventBatchAccepted},
+        (400, 401, 403, 413, 415, 422, 429, 503),
+        body=EventBatchIn,
+        description="Each item is what POST /events takes, checked the same way; one bad item "
+        "refuses the batch with 422 (or 403 for a source out of the key's scope), its paths "
+        "prefixed `events[i].`, and nothing is written. More than INGEST_BATCH_MAX (default "
+        "500) items, or a body over INGEST_BATCH_MAX_BODY_BYTES, is a 413. Idempotency is per "
+        "item: a repeated key (earlier in the batch or stored before) answers with the first "
+        "event and `duplicate: true`; 200 when every item is a duplicate, else 202. Costs one "
+        "rate-limit token per event.",
     ),
     ("GET", "/events/{event_id}"): Op(
         "An event, its deliveries and every attempt",

@@ -4,7 +4,9 @@ One short statement per checked request (`take_token`: INSERT … ON CONFLICT DO
 RETURNING on an unlogged table), so N processes enforce one limit and a restart forgets
 nothing that matters. Refused requests get 429 with `Retry-After` and the `RateLimit-*` headers
 of the IETF draft (draft-ietf-httpapi-ratelimit-headers); accepted ones get the `RateLimit-*`
-headers too, so a client can pace itself before it is refused.
+headers too, so a client can pace itself before it is refused. A batch (POST /events/batch)
+costs one token per event and two statements: a read-only look before its body is read, then
+the take.
 """
 
 from __future__ import annotations
@@ -37,22 +39,23 @@ def key_quota(principal: Principal, settings: Settings) -> Quota:
     return Quota(rate, burst)
 
 
-def rate_headers(quota: Quota, allowed: bool, level: float) -> dict[str, str]:
+def rate_headers(quota: Quota, allowed: bool, level: float, need: float = 1.0) -> dict[str, str]:
     """Headers for a bucket that has `level` tokens left after this request.
 
-    RateLimit-Reset is the seconds until the bucket is full again; Retry-After (refusals only)
-    the seconds until one token is back. Both rounded up: a client that waits that long is
-    never refused for having come back a fraction too early.
+    RateLimit-Reset is the seconds until the bucket is full again (a batch may have left it in
+    debt, below 0); Retry-After (refusals only) the seconds until the `need` tokens the refused
+    request asked for are back. Both rounded up: a client that waits that long is never refused
+    for having come back a fraction too early.
     """
-    level = max(0.0, min(float(quota.burst), level))
+    level = min(float(quota.burst), level)
     headers = {
         "RateLimit-Limit": str(quota.burst),
-        "RateLimit-Remaining": str(math.floor(level)),
+        "RateLimit-Remaining": str(max(0, math.floor(level))),
         "RateLimit-Reset": str(math.ceil((quota.burst - level) / quota.rate_per_s)),
         "RateLimit-Policy": f"{quota.burst};w={math.ceil(quota.burst / quota.rate_per_s)}",
     }
     if not allowed:
-        headers["Retry-After"] = str(max(1, math.ceil((1.0 - level) / quota.rate_per_s)))
+        headers["Retry-After"] = str(max(1, math.ceil((need - level) / quota.rate_per_s)))
     return headers
 
 
@@ -67,25 +70,43 @@ class RateLimiter:
         self.store = store
         self.settings = settings
 
-    async def check(self, request: Request, bucket: str, quota: Quota) -> None:
-        """Take a token or raise 429; the RateLimit-* headers go on whatever is answered."""
+    async def check(self, request: Request, bucket: str, quota: Quota, cost: int = 1) -> None:
+        """Take `cost` tokens or raise 429; the RateLimit-* headers go on whatever is answered.
+
+        cost 0 only looks: 429 when not even one token is left, and nothing is taken. A cost
+        above the burst is let through from a full bucket (see take_token), so a batch larger
+        than the burst is slow for its client, never impossible.
+        """
         if not quota.enabled:
             return
-        allowed, level = await self.store.take_token(
-            bucket=bucket, rate_per_s=quota.rate_per_s, burst=quota.burst
-        )
-        headers = rate_headers(quota, allowed, level)
+        need = min(max(cost, 1), quota.burst)
+        if cost == 0:
+            level = await self.store.peek_token(
+                bucket=bucket, rate_per_s=quota.rate_per_s, burst=quota.burst
+            )
+            allowed = level >= need
+        else:
+            allowed, level = await self.store.take_token(
+                bucket=bucket, rate_per_s=quota.rate_per_s, burst=quota.burst, cost=cost, need=need
+            )
+        headers = rate_headers(quota, allowed, level, need)
         if not allowed:
             raise ApiError(
                 429,
                 "rate_limited",
-                f"rate limit exceeded: {quota.burst} requests, refilled at {quota.rate_per_s:g}/s",
+                f"rate limit exceeded: {quota.burst} requests, refilled at {quota.rate_per_s:g}/s"
+                if cost <= 1
+                else f"rate limit exceeded: this batch needs {need} tokens, the bucket holds "
+                f"{max(0, math.floor(level))} ({quota.burst} at most, refilled at "
+                f"{quota.rate_per_s:g}/s); one event is one token",
                 headers=headers,
             )
         request.scope.setdefault("state", {})["response_headers"] = headers
 
-    async def for_key(self, request: Request, principal: Principal) -> None:
-        await self.check(request, f"key:{principal.name}", key_quota(principal, self.settings))
+    async def for_key(self, request: Request, principal: Principal, cost: int = 1) -> None:
+        await self.check(
+            request, f"key:{principal.name}", key_quota(principal, self.settings), cost
+        )
 
     async def for_address(self, request: Request, webhook: str, quota: Quota) -> None:
         await self.check(request, f"ip:{webhook}:{client_address(request)}", quota)
