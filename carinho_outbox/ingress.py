@@ -169,7 +169,7 @@ class Ingress:
         client: str | None,
         request_id: str | None = None,
         invalid: Sequence[dict[str, Any]] = (),
-        notify: bool = True,
+        notify: bool | None = None,
         jsonb_safe: bool = False,
     ) -> list[Accepted]:
         """All or nothing: every event is checked as `accept` checks one, and the batch is
@@ -177,6 +177,7 @@ class Ingress:
         envelope the caller already refused, its errors in `invalid` (paths `events[i]…`).
         A refusal names every bad item (up to MAX_REPORTED_ERRORS paths): 403 when any item's
         source is out of the key's scope, else 422. `jsonb_safe`: see validate_payload.
+        `notify`: see Store.ingest_batch (None: NOTIFY on the edges of a burst).
         """
         entries = await self.catalog.entries()
         problems: list[tuple[int, list[dict[str, Any]]]] = []

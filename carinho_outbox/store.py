@@ -203,14 +203,18 @@ class Store:
         *,
         request_id: str | None,
         client: str | None,
-        notify: bool = True,
+        notify: bool | None = None,
     ) -> tuple[list[tuple[UUID, list[str], bool]], list[str]]:
         """Write many events and their deliveries in one statement (one transaction).
 
         Returns, in item order, (event id, destinations, duplicate) like ingest_event, and the
         queues written to. A duplicate (of an earlier item or of a stored event) answers with
-        the first event's id and destinations.
+        the first event's id and destinations. notify None: the wake-up follows the same
+        edges as ingest_event (wakeups.py); a bool forces the statement's own NOTIFY on/off.
         """
+        edges = self.wakeups if notify is None else None
+        if notify is None:
+            notify = edges is None or edges.lead()
         params = {
             "types": [i.type for i in items],
             "sources": [i.source for i in items],
@@ -257,6 +261,8 @@ class Store:
             event_id, destinations = written[r["first_n"]]
             out.append((event_id, destinations, r["event_id"] is None))
         queues = list(rows[0]["queues"]) if rows else []
+        if not notify and edges is not None:
+            edges.trail(queues)
         return out, queues
 
     async def event_types(self) -> dict[str, list[str]]:

@@ -103,3 +103,22 @@ async def test_a_failed_trailing_notify_is_logged_not_raised(
     assert sent == [["default", "low"]]
     assert (edges.leading, edges.folded, edges.trailing) == (1, 2, 1)
     assert "trailing notify failed" in caplog.text
+
+
+def test_batches_follow_the_same_edges(
+    dsn: str, db: psycopg.Connection, listener: psycopg.Connection
+) -> None:
+    key = make_key(dsn, "finance", ["financeiro"])
+    batch = {"events": [EVENT] * 3}
+    with client(make_settings(NOTIFY_WINDOW_MS="1000"), dsn) as c:
+        assert c.post("/events/batch", headers=bearer(key), json=batch).status_code == 202
+        got = heard(listener, within_s=0.5, stop_after=1)
+        # A second batch inside the window does not notify by itself...
+        assert c.post("/events/batch", headers=bearer(key), json=batch).status_code == 202
+        later = heard(listener, within_s=0.2)
+    at_close = heard(listener, within_s=1.0)
+    assert db.execute("select count(*) from events").fetchone() == (6,)
+    assert [q for _, q in got] == ["critical"]
+    assert later == []
+    # ...its queues are woken by the trailing NOTIFY (here: sent at shutdown).
+    assert [q for _, q in at_close] == ["critical"]
