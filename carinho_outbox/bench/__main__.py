@@ -9,7 +9,7 @@ writes everything to bench-results/bench-<time>.json. Knobs (environment, defaul
   BENCH_WEB_PROCS=1,2                 web process counts to try
   BENCH_WORKER_CONCURRENCY=100        deliveries in flight per worker (and the httpx loop's)
   BENCH_CLAIM_BACKLOG=120000          pending rows for the bare claim loop
-  BENCH_ENGINE_BACKLOG=40000          pending deliveries for the first engine run (then sized
+  BENCH_ENGINE_BACKLOG=80000          pending deliveries for the first engine run (then sized
                                       from the measured rate)
   BENCH_HISTORY_ROWS=5000000          finished deliveries for the flat-cost check (0: skip)
   BENCH_LATENCY_EVENTS=100            events sent one by one to an idle worker
@@ -97,7 +97,7 @@ class Config:
             ],
             concurrency=_env_int("BENCH_WORKER_CONCURRENCY", 100),
             claim_backlog=_env_int("BENCH_CLAIM_BACKLOG", 120_000),
-            engine_backlog=_env_int("BENCH_ENGINE_BACKLOG", 40_000),
+            engine_backlog=_env_int("BENCH_ENGINE_BACKLOG", 80_000),
             history_rows=_env_int("BENCH_HISTORY_ROWS", 5_000_000),
             latency_events=_env_int("BENCH_LATENCY_EVENTS", 100),
             offered_rate=_env_float("BENCH_OFFERED_RATE", 0.0),
@@ -597,6 +597,11 @@ def targets(res: Results) -> list[dict[str, Any]]:
         ),
         ("web peak RSS (MB)", res.extra.get("web_rss_mb", float("nan")), 120.0, "<"),
     ]
+    # An engine that claims and finishes each row cannot outrun the bare claim + finish loop on
+    # the same table shape. When pgqueuer at its best setting is above a third of that loop,
+    # "3x pgqueuer" lies above the ceiling: the target is out of reach for any design that
+    # keeps the row, and the verdict says so.
+    reach = ratio(3.0 * g("pgqueuer_noop"), g("claim_1"))
     out = []
     for name, value, target, op in rows:
         if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -607,7 +612,18 @@ def targets(res: Results) -> list[dict[str, Any]]:
             verdict = "PASS" if value <= target else "FAIL"
         else:
             verdict = "PASS" if value < target else "FAIL"
+        if verdict == "FAIL" and "/ pgqueuer no-op" in name and reach > 1.0:
+            verdict = "FAIL (out of reach)"
         out.append({"target": name, "value": value, "goal": f"{op} {target:g}", "verdict": verdict})
+    out.append(
+        {
+            "target": "3 x pgqueuer no-op jobs / bare claim loop (> 1: the 3x target is above "
+            "the ceiling)",
+            "value": reach,
+            "goal": "info",
+            "verdict": "n/a" if math.isnan(reach) else "out of reach" if reach > 1 else "reachable",
+        }
+    )
     return out
 
 
