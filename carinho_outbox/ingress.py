@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from .coalesce import Coalescer
 from .leads import LeadIngest, LeadMatch, LeadPlan
 from .payloads import MAX_REPORTED_ERRORS, PayloadError, validate_payload
 from .records import BatchItem
@@ -157,9 +158,46 @@ def _indexed(index: int, exc: IngressError) -> list[dict[str, Any]]:
 
 
 class Ingress:
-    def __init__(self, store: Store, catalog: Catalog | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        catalog: Catalog | None = None,
+        *,
+        group_max: int = 1,
+        group_inflight: int = 2,
+    ) -> None:
+        """group_max > 1: concurrent `accept` calls are written together, up to that many
+        events per statement (coalesce.py); 1 writes each event by itself."""
         self.store = store
         self.catalog = catalog or Catalog(store)
+        self.group: Coalescer[BatchItem, tuple[UUID, list[str], bool]] | None = None
+        if group_max > 1:
+            self.group = Coalescer(
+                self._write_group,
+                self._write_one,
+                max_items=group_max,
+                max_inflight=group_inflight,
+            )
+
+    async def _write_group(self, items: list[BatchItem]) -> list[tuple[UUID, list[str], bool]]:
+        written, _queues = await self.store.ingest_batch(items, request_id=None, client=None)
+        return written
+
+    async def _write_one(self, item: BatchItem) -> tuple[UUID, list[str], bool]:
+        return await self.store.ingest_event(
+            type=item.type,
+            source=item.source,
+            payload=item.payload,
+            idempotency_key=item.idempotency_key,
+            occurred_at=item.occurred_at,
+            request_id=item.request_id,
+            client=item.client,
+            ordering_key=item.ordering_key,
+        )
+
+    async def close(self) -> None:
+        if self.group is not None:
+            await self.group.close()
 
     async def accept_batch(
         self,
@@ -239,6 +277,11 @@ class Ingress:
         chosen, clean, key = check_event(
             await self.catalog.entries(), event_type, payload, key_sources, source
         )
+        if self.group is not None and extra_delay_s is None:
+            item = BatchItem(
+                event_type, chosen, clean, idempotency_key, occurred_at, key, request_id, client
+            )
+            return Accepted(*await self.group.submit(item))
         event_id, destinations, duplicate = await self.store.ingest_event(
             type=event_type,
             source=chosen,

@@ -53,25 +53,28 @@ where e.source = %(source)s and e.idempotency_key = %(idempotency_key)s
 group by e.id;
 
 -- name: ingest_batch
--- POST /events/batch: ingest_event for many events, in one statement (one transaction). Arrays
--- are parallel, item n (from 1) in request order. A key repeated in the batch is written by
--- its first item (first_n); a key already stored comes back with a null event_id, for the
--- caller to look up. Ordering keys: only the batch's first delivery per (destination, key) can
+-- POST /events/batch and grouped single events (coalesce.py): ingest_event for many events in
+-- one statement (one transaction). Arrays are parallel, item n (from 1) in request order. A
+-- key repeated in the batch is written by its first item (first_n); a key already stored comes
+-- back with a null event_id, for the caller to look up. Ordering keys: only the batch's first delivery per (destination, key) can
 -- be due. Keep it under 4 KB: psycopg re-parses longer statements on every call.
 with item as materialized (
     select n, i.type, i.source, p.payload, i.idempotency_key, i.occurred_at, i.ordering_key,
+           i.request_id, i.client,
            gen_random_uuid() as id,  -- drawn here: maps events back to items without a key
            case when i.idempotency_key is null then n
                 else min(n) over (partition by i.source, i.idempotency_key) end as first_n
     from unnest(%(types)s::text[], %(sources)s::text[], %(idempotency_keys)s::text[],
-                %(occurred_ats)s::timestamptz[], %(ordering_keys)s::text[])
-         with ordinality as i(type, source, idempotency_key, occurred_at, ordering_key, n)
+                %(occurred_ats)s::timestamptz[], %(ordering_keys)s::text[],
+                %(request_ids)s::text[], %(clients)s::text[])
+         with ordinality as i(type, source, idempotency_key, occurred_at, ordering_key,
+                              request_id, client, n)
     join jsonb_array_elements(%(payloads)s::jsonb) with ordinality as p(payload, n) using (n)
 ), ev as (
     insert into events (id, type, source, payload, idempotency_key, occurred_at, request_id,
                         client)
     select it.id, it.type, it.source, it.payload, it.idempotency_key,
-           coalesce(it.occurred_at, now()), %(request_id)s, %(client)s
+           coalesce(it.occurred_at, now()), it.request_id, it.client
     from item it
     where it.n = it.first_n
     order by it.source, it.idempotency_key, it.n  -- one global key order: no deadlock

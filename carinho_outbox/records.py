@@ -31,7 +31,9 @@ class Job:
 
 @dataclass(frozen=True, slots=True)
 class BatchItem:
-    """One validated event of a POST /events/batch, ready to be written."""
+    """One validated event of a POST /events/batch (or of a group of single events), ready to
+    be written. request_id/client: the item's own, for a group of separate requests; None
+    takes the batch's."""
 
     type: str
     source: str
@@ -39,6 +41,8 @@ class BatchItem:
     idempotency_key: str | None
     occurred_at: datetime | None
     ordering_key: str | None
+    request_id: str | None = None
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

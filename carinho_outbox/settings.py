@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
 
     database_url: str | None = None
+    # The worker's LISTEN session only: a direct connection to Postgres when DATABASE_URL goes
+    # through PgBouncer in transaction mode (LISTEN needs a session of its own). Unset: the same.
+    listen_database_url: str | None = None
     port: int = 8000
     host: str = "127.0.0.1"
     log_format: str = Field(default="json", pattern="^(json|text)$")
@@ -107,6 +110,10 @@ class Settings(BaseSettings):
     # POST /events/batch: events per request, and the body limit that must let them through.
     ingest_batch_max: int = Field(default=500, ge=1, le=10_000)
     ingest_batch_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # POST /events: events of concurrent requests written by one statement (coalesce.py), at
+    # most this many per statement and this many statements in flight per process. 1: off.
+    ingest_group_max: int = Field(default=100, ge=1, le=1000)
+    ingest_group_inflight: int = Field(default=2, ge=1, le=64)
     auth_cache_s: float = Field(default=5.0, ge=0)
     metrics_public: bool = True
 

@@ -222,8 +222,8 @@ class Store:
             "idempotency_keys": [i.idempotency_key for i in items],
             "occurred_ats": [i.occurred_at for i in items],
             "ordering_keys": [i.ordering_key for i in items],
-            "request_id": request_id,
-            "client": client,
+            "request_ids": [request_id if i.request_id is None else i.request_id for i in items],
+            "clients": [client if i.client is None else i.client for i in items],
             "notify": notify,
         }
         for attempt in range(1, BATCH_DEADLOCK_ATTEMPTS + 1):

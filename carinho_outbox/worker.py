@@ -71,7 +71,7 @@ class Worker:
         self.adapters = dict(adapters)
         self.policies = dict(policies)
         self.default_policy = settings.default_retry()
-        self.dsn = dsn
+        self.listen_dsn = settings.listen_database_url or dsn
         self.queues = queues or settings.queues
         self.concurrency = concurrency or settings.worker_concurrency
         self.batch_size = min(settings.worker_batch_size, self.concurrency)
@@ -589,7 +589,7 @@ class Worker:
     async def _listen(self) -> None:
         while True:
             try:
-                async for queue in listen(self.dsn, on_ready=self._on_listening):
+                async for queue in listen(self.listen_dsn, on_ready=self._on_listening):
                     if queue in self.queues or not queue:
                         self._wake.set()
             except (psycopg.Error, OSError) as exc:

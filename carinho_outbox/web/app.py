@@ -41,7 +41,11 @@ class Hub:
         window_s = settings.notify_window_ms / 1000
         self.store.wakeups = EdgeNotifier(window_s, self.store.notify_queues)
         self.auth = Authenticator(self.store, settings.auth_cache_s)
-        self.ingress = Ingress(self.store)
+        self.ingress = Ingress(
+            self.store,
+            group_max=settings.ingest_group_max,
+            group_inflight=settings.ingest_group_inflight,
+        )
         self.limiter = RateLimiter(self.store, settings)
 
     def observe_event(self, event_type: str, sources: tuple[str, ...], accepted: Accepted) -> None:
@@ -69,6 +73,7 @@ def create_app(settings: Settings, dsn: str) -> Starlette:
         try:
             yield
         finally:
+            await hub.ingress.close()
             if hub.store.wakeups is not None:
                 await hub.store.wakeups.close()
             await hub.pool.close()

@@ -6,7 +6,8 @@ nothing that matters. Refused requests get 429 with `Retry-After` and the `RateL
 of the IETF draft (draft-ietf-httpapi-ratelimit-headers); accepted ones get the `RateLimit-*`
 headers too, so a client can pace itself before it is refused. A batch (POST /events/batch)
 costs one token per event and two statements: a read-only look before its body is read, then
-the take.
+the take. Concurrent one-token takes on one bucket in one process are folded into one statement
+(coalesce.py), so a busy key does not queue every request on its bucket's row lock.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from ..coalesce import Coalescer
 from ..settings import Settings
 from ..store import Store
 from .auth import Principal
@@ -65,10 +67,59 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
 
+TakeKey = tuple[str, float, int]
+
+
 class RateLimiter:
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
         self.settings = settings
+        # One-token takes of concurrent requests on the same bucket go as one statement
+        # (coalesce.py); a coalescer lives only while its bucket has takes queued or in flight.
+        self._takes: dict[TakeKey, Coalescer[None, tuple[bool, float]]] = {}
+
+    async def _take_one(self, key: TakeKey) -> tuple[bool, float]:
+        bucket, rate, burst = key
+        return await self.store.take_token(bucket=bucket, rate_per_s=rate, burst=burst)
+
+    async def _take_many(self, key: TakeKey, count: int) -> list[tuple[bool, float]]:
+        """`count` one-token requests: all allowed when the bucket holds `count`, else as many
+        as it holds (a second statement), the rest refused; the answer each would have had one
+        at a time, except that RateLimit-Remaining is what the group left."""
+        bucket, rate, burst = key
+        allowed, level = await self.store.take_token(
+            bucket=bucket, rate_per_s=rate, burst=burst, cost=count, need=count
+        )
+        if allowed:
+            return [(True, level)] * count
+        fits = min(count, math.floor(level))
+        if fits < 1:  # a refusal takes nothing, so `level` is what is there
+            return [(False, level)] * count
+        allowed, level = await self.store.take_token(
+            bucket=bucket, rate_per_s=rate, burst=burst, cost=fits, need=fits
+        )
+        if allowed:
+            return [(True, level)] * fits + [(False, level)] * (count - fits)
+        # Another process took them in between: one at a time, exact.
+        return [await self._take_one(key) for _ in range(count)]
+
+    async def _take(self, bucket: str, quota: Quota) -> tuple[bool, float]:
+        key = (bucket, quota.rate_per_s, quota.burst)
+        co = self._takes.get(key)
+        if co is None:
+            co = self._takes[key] = Coalescer(
+                lambda items: self._take_many(key, len(items)),
+                lambda _item: self._take_one(key),
+                max_items=max(1, quota.burst),
+                max_inflight=1,
+                on_idle=lambda: self._forget(key),
+            )
+        return await co.submit(None)
+
+    def _forget(self, key: TakeKey) -> None:
+        co = self._takes.get(key)
+        if co is not None and co.idle:
+            del self._takes[key]
 
     async def check(self, request: Request, bucket: str, quota: Quota, cost: int = 1) -> None:
         """Take `cost` tokens or raise 429; the RateLimit-* headers go on whatever is answered.
@@ -85,6 +136,8 @@ class RateLimiter:
                 bucket=bucket, rate_per_s=quota.rate_per_s, burst=quota.burst
             )
             allowed = level >= need
+        elif cost == 1:
+            allowed, level = await self._take(bucket, quota)
         else:
             allowed, level = await self.store.take_token(
                 bucket=bucket, rate_per_s=quota.rate_per_s, burst=quota.burst, cost=cost, need=need
