@@ -217,6 +217,7 @@ def run_ours(cfg: Config, res: Results, server: Any, receiver: Receiver, run_dir
                     res.add(f"batch_ingress_{n}", run.figure)
                 if cfg.profile:
                     _profile_web(cfg, res, procs, keys, run_dir)
+                    _profile_web(cfg, res, procs, keys, run_dir, batch=True)
             if "engine" in cfg.only:
                 _engine(cfg, res, procs, run_dir)
             if "latency" in cfg.only:
@@ -320,29 +321,38 @@ def _profile_worker(cfg: Config, res: Results, procs: ours.Procs, run_dir: Path)
 
 
 def _profile_web(
-    cfg: Config, res: Results, procs: ours.Procs, keys: ours.Keys, run_dir: Path
+    cfg: Config,
+    res: Results,
+    procs: ours.Procs,
+    keys: ours.Keys,
+    run_dir: Path,
+    *,
+    batch: bool = False,
 ) -> None:
-    raw = run_dir / "web-profile.txt"
+    label = "web_batch_profile" if batch else "web_profile"
+    raw = run_dir / f"{label.replace('_', '-')}.txt"
     holder: dict[str, Any] = {}
 
     def on_running(pids: list[int]) -> None:
         holder["p"] = prof.start(pids[0], raw, (cfg.window_s + 1) * cfg.windows)
 
-    ours.ingress_rate(
-        procs,
-        keys,
-        web_procs=1,
-        connections=cfg.conns,
-        warmup_s=cfg.warmup_s,
-        window_s=cfg.window_s + 1,
-        windows=cfg.windows,
-        on_running=on_running,
-    )
+    common: dict[str, Any] = {
+        "web_procs": 1,
+        "connections": cfg.conns,
+        "warmup_s": cfg.warmup_s,
+        "window_s": cfg.window_s + 1,
+        "windows": cfg.windows,
+        "on_running": on_running,
+    }
+    if batch:
+        ours.ingress_batch_rate(procs, keys, per_request=BATCH_EVENTS, **common)
+    else:
+        ours.ingress_rate(procs, keys, **common)
     p = holder.get("p")
     if p is not None:
         p.wait(timeout=60)
         if raw.exists():
-            res.extra["web_profile"] = prof.summarise(raw)
+            res.extra[label] = prof.summarise(raw)
 
 
 def _latency(cfg: Config, res: Results, procs: ours.Procs, keys: ours.Keys) -> None:

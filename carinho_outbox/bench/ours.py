@@ -207,6 +207,36 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
+class CpuMeter:
+    """CPU seconds of our processes and of their Postgres backends (by application_name)
+    between start() and per_item(): where the time per event goes when a rate flattens."""
+
+    def __init__(self, dsn: str, pids: list[int], application_name: str) -> None:
+        self.dsn = dsn
+        self.pids = pids
+        self.application_name = application_name
+        self.backends: list[int] = []
+        self.before = (0.0, 0.0)
+
+    def start(self) -> None:
+        with connect(self.dsn) as conn:
+            self.backends = [
+                r[0]
+                for r in conn.execute(
+                    "select pid from pg_stat_activity where application_name = %(name)s",
+                    {"name": self.application_name},
+                )
+            ]
+        self.before = (_cpu_s(self.pids), _cpu_s(self.backends))
+
+    def per_item(self, items: float, what: str, ours: str) -> str:
+        if items <= 0:
+            return ""
+        own = 1e6 * (_cpu_s(self.pids) - self.before[0]) / items
+        pg = 1e6 * (_cpu_s(self.backends) - self.before[1]) / items
+        return f"CPU per {what}: {ours} {own:.0f} µs, their Postgres backends {pg:.0f} µs"
+
+
 def engine_rate(
     procs: Procs,
     *,
@@ -324,15 +354,21 @@ def ingress_rate(
     lua = write_lua(procs.logs / f"ingress-{'limited' if limiter else 'nolimit'}.lua", key=key)
     rates: list[float] = []
     errors = 0
+    meter = CpuMeter(procs.dsn, [c.pid for c, _ in webs], "carinho-web")
+    cpu_note = ""
     try:
         with RssSampler(lambda: [c.pid for c, _ in webs]) as rss:
             run_wrk_many(urls, lua, connections=connections, duration_s=warmup_s)
             if on_running is not None:
                 on_running([c.pid for c, _ in webs])
+            meter.start()
+            answered = 0.0
             for _ in range(windows):
                 results = run_wrk_many(urls, lua, connections=connections, duration_s=window_s)
                 rates.append(sum(r.rate for r in results))
                 errors += sum(r.non_2xx + r.socket_errors for r in results)
+                answered += sum(r.requests - r.non_2xx - r.socket_errors for r in results)
+            cpu_note = meter.per_item(answered, "event", "web")
     finally:
         procs.stop([c for c, _ in webs])
     with connect(procs.dsn) as conn:
@@ -342,6 +378,8 @@ def ingress_rate(
             "select count(*)::float8 / greatest(1, (select count(*) from events)) from deliveries",
         )
     note = f"{per_event:.2f} deliveries per event; DB pool {pool} per process"
+    if cpu_note:
+        note += f"; {cpu_note}"
     if errors:
         note += f"; {errors} non-2xx/socket errors"
     what = "key rate limit on (high quota)" if limiter else "key rate limit off"
@@ -364,6 +402,7 @@ def ingress_batch_rate(
     warmup_s: float,
     window_s: float,
     windows: int,
+    on_running: Any = None,
 ) -> IngressRun:
     """POST /events/batch with `per_request` events per body: events/s from wrk's 2xx answers
     (requests/s times events per request), checked against the rows in the table afterwards."""
@@ -378,9 +417,14 @@ def ingress_batch_rate(
     rates: list[float] = []
     errors = 0
     requests = 0
+    meter = CpuMeter(procs.dsn, [c.pid for c, _ in webs], "carinho-web")
+    cpu_note = ""
     try:
         with RssSampler(lambda: [c.pid for c, _ in webs]) as rss:
             run_wrk_many(urls, lua, connections=connections, duration_s=warmup_s)
+            if on_running is not None:
+                on_running([c.pid for c, _ in webs])
+            meter.start()
             for _ in range(windows):
                 results = run_wrk_many(urls, lua, connections=connections, duration_s=window_s)
                 failed = sum(r.non_2xx + r.socket_errors for r in results)
@@ -390,6 +434,7 @@ def ingress_batch_rate(
                 rates.append(sum(r.rate for r in results) * ok_share * per_request)
                 errors += failed
                 requests += done
+            cpu_note = meter.per_item((requests - errors) * per_request, "event", "web")
     finally:
         procs.stop([c for c, _ in webs])
     with connect(procs.dsn) as conn:
@@ -403,6 +448,8 @@ def ingress_batch_rate(
         f"{median(rows):,.0f} rows/s written (1 event + {per_event:.2f} deliveries each); "
         f"{events:,} events in table; DB pool {pool} per process"
     )
+    if cpu_note:
+        note += f"; {cpu_note}"
     if errors:
         note += f"; {errors} non-2xx/socket errors of {requests} requests"
     fig = figure(
