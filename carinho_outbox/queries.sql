@@ -546,22 +546,31 @@ order by w.delivery_id, w.id;
 select 1 as ok;
 
 -- name: retention_delivered
--- Small batches, each its own short transaction, so retention never holds long locks; the
--- attempts go with their delivery (on delete cascade).
-delete from deliveries
-where id in (
+-- Small batches, each its own short transaction, so retention never holds long locks. The
+-- attempts go with their delivery in the same statement: webhook_deliveries has no foreign key
+-- (sql/0012), so nothing cascades. The row count is the deliveries'.
+with doomed as materialized (
     select id from deliveries
     where status = 'delivered' and finished_at < now() - make_interval(secs => %(older_than_s)s)
     limit %(batch)s
-);
+), attempts as (
+    delete from webhook_deliveries
+    where delivery_id = any (array(select id from doomed))
+)
+delete from deliveries
+where id in (select id from doomed);
 
 -- name: retention_archived
-delete from deliveries
-where id in (
+with doomed as materialized (
     select id from deliveries
     where status = 'archived' and archived_at < now() - make_interval(secs => %(older_than_s)s)
     limit %(batch)s
-);
+), attempts as (
+    delete from webhook_deliveries
+    where delivery_id = any (array(select id from doomed))
+)
+delete from deliveries
+where id in (select id from doomed);
 
 -- name: retention_events
 -- An event goes only when it is old and none of its deliveries is left (dead letters stay
@@ -806,19 +815,43 @@ select version, checksum from schema_migrations order by version;
 -- name: ops_destinations
 -- Per destination: held/pending count, the oldest due pending row, the last success (one
 -- backward probe of deliveries_delivered_dest) and the dead count. The destination list is
--- the routes plus the configured names, so a destination without traffic still shows.
-with dest as (
+-- the routes plus the configured names, so a destination without traffic still shows. The
+-- oldest row is the least of one probe of deliveries_pending_dest per priority pending for
+-- the destination; `prio` finds those priorities by a skip scan (one probe per priority, a
+-- few per destination), so no index on (destination, available_at) is written (sql/0012).
+with recursive dest as (
     select unnest(%(destinations)s::text[]) as destination
     union
     select destination from routes
+), prio as (
+    select dest.destination,
+           (select min(d.priority) from deliveries d
+             where d.status = 'pending' and d.destination = dest.destination) as priority
+    from dest
+    union all
+    select prio.destination,
+           (select min(d.priority) from deliveries d
+             where d.status = 'pending' and d.destination = prio.destination
+               and d.priority > prio.priority)
+    from prio
+    where prio.priority is not null
+), oldest as (
+    select prio.destination, min(o.available_at) as oldest_due
+    from prio
+    cross join lateral (
+        select d.available_at from deliveries d
+        where d.status = 'pending' and d.destination = prio.destination
+          and d.priority = prio.priority and d.available_at <= now()
+        order by d.available_at
+        limit 1
+    ) o
+    group by prio.destination
 )
 select dest.destination,
        (select count(*) from deliveries d
          where d.status = 'pending' and d.destination = dest.destination) as pending,
-       (select d.available_at from deliveries d
-         where d.status = 'pending' and d.destination = dest.destination
-           and d.available_at <= now()
-         order by d.available_at limit 1) as oldest_due,
+       (select oldest.oldest_due from oldest
+         where oldest.destination = dest.destination) as oldest_due,
        (select d.finished_at from deliveries d
          where d.status = 'delivered' and d.destination = dest.destination
          order by d.finished_at desc limit 1) as last_success,
@@ -1093,12 +1126,28 @@ where status = 'dead'
   and dead_at >= %(since)s::timestamptz and dead_at < %(until)s::timestamptz;
 
 -- name: alert_oldest_pending
--- Oldest due pending row among the given (configured) destinations: one index probe each.
+-- Oldest due pending row among the given (configured) destinations: per destination, one
+-- probe of deliveries_pending_dest per priority it has pending (the skip scan of
+-- ops_destinations).
+with recursive prio as (
+    select dest.name as destination,
+           (select min(d.priority) from deliveries d
+             where d.status = 'pending' and d.destination = dest.name) as priority
+    from unnest(%(destinations)s::text[]) as dest(name)
+    union all
+    select prio.destination,
+           (select min(d.priority) from deliveries d
+             where d.status = 'pending' and d.destination = prio.destination
+               and d.priority > prio.priority)
+    from prio
+    where prio.priority is not null
+)
 select min(p.available_at) as oldest_due
-from unnest(%(destinations)s::text[]) as dest(name)
+from prio
 cross join lateral (
     select d.available_at from deliveries d
-    where d.status = 'pending' and d.destination = dest.name and d.available_at <= now()
+    where d.status = 'pending' and d.destination = prio.destination
+      and d.priority = prio.priority and d.available_at <= now()
     order by d.available_at
     limit 1
 ) p;
