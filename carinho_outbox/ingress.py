@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from . import metrics
 from .coalesce import Coalescer
 from .leads import LeadIngest, LeadMatch, LeadPlan
 from .payloads import MAX_REPORTED_ERRORS, PayloadError, validate_payload
@@ -181,10 +182,11 @@ class Ingress:
 
     async def _write_group(self, items: list[BatchItem]) -> list[tuple[UUID, list[str], bool]]:
         written, _queues = await self.store.ingest_batch(items, request_id=None, client=None)
+        metrics.observe_ingest_group(len(items))
         return written
 
     async def _write_one(self, item: BatchItem) -> tuple[UUID, list[str], bool]:
-        return await self.store.ingest_event(
+        written = await self.store.ingest_event(
             type=item.type,
             source=item.source,
             payload=item.payload,
@@ -194,6 +196,8 @@ class Ingress:
             client=item.client,
             ordering_key=item.ordering_key,
         )
+        metrics.observe_ingest_group(1)
+        return written
 
     async def close(self) -> None:
         if self.group is not None:

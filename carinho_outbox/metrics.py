@@ -80,6 +80,12 @@ HTTP_REQUESTS = Counter(
     "HTTP requests served, by route template (not raw path) and status",
     ["route", "method", "status"],
 )
+INGEST_GROUP = Histogram(
+    "carinho_ingest_group_events",
+    "Events written by one ingest statement of POST /events (1: written alone; more: the "
+    "events of concurrent requests grouped, coalesce.py)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 HTTP_DURATION = Histogram(
     "carinho_http_request_duration_seconds",
     "HTTP request duration by route template",
@@ -111,6 +117,10 @@ def observe_event(event_type: str, sources: tuple[str, ...], duplicate: bool = F
     if not duplicate:
         source = sources[0] if len(sources) == 1 else "+".join(sorted(sources)) or "-"
         EVENTS_RECEIVED.labels(event_type, source).inc()
+
+
+def observe_ingest_group(events: int) -> None:
+    INGEST_GROUP.observe(events)
 
 
 def observe_written(events: Iterable[Any], duplicate: bool) -> None:

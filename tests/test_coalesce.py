@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 
 from carinho_outbox import store as store_module
 from carinho_outbox.cli import create_key
@@ -26,6 +27,12 @@ EVENT_TYPE = "payment.received"
 def event(n: int, **extra: Any) -> dict[str, Any]:
     payload = {**PAYLOADS[EVENT_TYPE], "note": f"item {n}"}
     return {"type": EVENT_TYPE, "payload": payload, **extra}
+
+
+def group_metric() -> tuple[float, float]:
+    count = REGISTRY.get_sample_value("carinho_ingest_group_events_count") or 0.0
+    total = REGISTRY.get_sample_value("carinho_ingest_group_events_sum") or 0.0
+    return count, total
 
 
 @pytest.fixture
@@ -53,9 +60,11 @@ async def post_all(c: httpx.AsyncClient, key: str, bodies: list[dict[str, Any]])
 async def test_concurrent_events_share_statements(
     dsn: str, key: str, db: psycopg.Connection
 ) -> None:
+    before = group_metric()
     async with app_client(dsn, INGEST_GROUP_MAX="50") as (c, hub):
         answers = await post_all(c, key, [event(n) for n in range(60)])
         runs, items = hub.ingress.group.runs, hub.ingress.group.items
+    after = group_metric()
     assert [r.status_code for r in answers] == [202] * 60
     ids = [r.json()["event_id"] for r in answers]
     assert len(set(ids)) == 60
@@ -69,9 +78,11 @@ async def test_concurrent_events_share_statements(
         assert by_id[event_id] == (f"req-{n}", "finance", f"item {n}")
     deliveries = db.execute("select count(*) from deliveries").fetchone()
     assert deliveries is not None and deliveries[0] == 120
-    # Fewer statements than events: the concurrent requests were carried together.
+    # Fewer statements than events: the concurrent requests were carried together, and
+    # carinho_ingest_group_events shows it (one observation per statement, its events).
     assert items == 60
     assert runs < 60, runs
+    assert (after[0] - before[0], after[1] - before[1]) == (runs, 60)
 
 
 async def test_duplicate_keys_in_one_group_answer_the_first_event(

@@ -141,8 +141,11 @@ def test_sigterm_of_the_web_under_load_answers_what_it_accepted(
     statuses = load.statuses()
     assert not [s for s in statuses if s.isdigit() and s != "202"], statuses
     # Refused after exit, or (rarely) a request written onto a keep-alive connection just as
-    # the server closed it: never processed, so never stored — checked just below.
-    assert set(statuses) - {"202"} <= {"ConnectError", "RemoteProtocolError"}, statuses
+    # the server closed it: never processed, so never stored — checked just below. httpx
+    # reports that race as RemoteProtocolError (closed) or ReadError (reset: the server
+    # closed with the unread request in its buffer), depending on timing.
+    closed = {"ConnectError", "RemoteProtocolError", "ReadError"}
+    assert set(statuses) - {"202"} <= closed, statuses
     assert figures["accepted"] >= n // 3
     assert figures["stored_unacknowledged"] == 0
     assert figures["delivered"] == figures["deliveries"] == figures["accepted"] * 3
