@@ -29,6 +29,7 @@ DELIVERIES_INDEXES = {
     "deliveries_external",
     "deliveries_finished",
     "deliveries_delivered_dest",
+    "deliveries_archived",  # sql/0014
 }
 ATTEMPTS_INDEXES = {
     "webhook_deliveries_pkey",
@@ -264,8 +265,8 @@ def _seq_scans(plan: dict[str, Any]) -> list[str]:
 
 BOTH = ("deliveries", "webhook_deliveries")
 # Engine and retention statements whose index changed in 0012, with sample parameters, and the
-# tables each must reach through an index. retention_archived finds its rows by a scan of
-# deliveries, as before 0012 (no index holds archived rows); its attempts must not be a scan.
+# tables each must reach through an index (retention_archived through deliveries_archived,
+# sql/0014; before it, a scan of deliveries every retention run).
 ENGINE_QUERIES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "rescue_expired_leases": (
         {"worker": "w-9", "default_max_attempts": 5, "limit": 1000},
@@ -286,10 +287,7 @@ ENGINE_QUERIES: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     ),
     "alert_oldest_pending": ({"destinations": ["crm", "operacao"]}, BOTH),
     "retention_delivered": ({"older_than_s": 7 * 86400.0, "batch": 5000}, BOTH),
-    "retention_archived": (
-        {"older_than_s": 30 * 86400.0, "batch": 5000},
-        ("webhook_deliveries",),
-    ),
+    "retention_archived": ({"older_than_s": 30 * 86400.0, "batch": 5000}, BOTH),
 }
 
 
