@@ -185,7 +185,9 @@ class Ingress:
         metrics.observe_ingest_group(len(items))
         return written
 
-    async def _write_one(self, item: BatchItem) -> tuple[UUID, list[str], bool]:
+    async def _write_one(
+        self, item: BatchItem, extra_delay_s: float | None = None
+    ) -> tuple[UUID, list[str], bool]:
         written = await self.store.ingest_event(
             type=item.type,
             source=item.source,
@@ -195,6 +197,7 @@ class Ingress:
             request_id=item.request_id,
             client=item.client,
             ordering_key=item.ordering_key,
+            extra_delay_s=extra_delay_s,
         )
         metrics.observe_ingest_group(1)
         return written
@@ -281,23 +284,12 @@ class Ingress:
         chosen, clean, key = check_event(
             await self.catalog.entries(), event_type, payload, key_sources, source
         )
-        if self.group is not None and extra_delay_s is None:
-            item = BatchItem(
-                event_type, chosen, clean, idempotency_key, occurred_at, key, request_id, client
-            )
-            return Accepted(*await self.group.submit(item))
-        event_id, destinations, duplicate = await self.store.ingest_event(
-            type=event_type,
-            source=chosen,
-            payload=clean,
-            idempotency_key=idempotency_key,
-            occurred_at=occurred_at,
-            request_id=request_id,
-            client=client,
-            ordering_key=key,
-            extra_delay_s=extra_delay_s,
+        item = BatchItem(
+            event_type, chosen, clean, idempotency_key, occurred_at, key, request_id, client
         )
-        return Accepted(event_id, destinations, duplicate)
+        if self.group is not None and extra_delay_s is None:
+            return Accepted(*await self.group.submit(item))
+        return Accepted(*await self._write_one(item, extra_delay_s))
 
     async def accept_with_leads(
         self,
