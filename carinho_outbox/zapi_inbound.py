@@ -62,9 +62,10 @@ class ZapiResult:
 
 
 def _str(value: object) -> str | None:
-    """A non-empty string from a JSON value, or None. Ids sometimes arrive as numbers."""
+    """A non-empty string from a JSON value, stripped as payload validation strips it (so the
+    normalised callback validates to itself), or None. Ids sometimes arrive as numbers."""
     if isinstance(value, str):
-        return value if value.strip() else None
+        return value.strip() or None
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return None

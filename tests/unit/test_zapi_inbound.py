@@ -525,3 +525,14 @@ def test_rating_and_opt_out_never_raise(text: str) -> None:
     rating = extract_rating(text)
     assert rating is None or 1 <= rating <= 5
     assert isinstance(is_opt_out(text), bool)
+
+
+def test_ids_are_stripped_as_validation_strips_them() -> None:
+    # Found by the property above: a messageId of "0\r" came out as "0\r" while
+    # validate_payload made it "0", so the payload did not validate to itself.
+    inbound = normalize_callback({**load("received-text.json"), "messageId": "0\r"})
+    assert inbound.kind == "inbound" and inbound.payload is not None
+    assert inbound.payload["message_id"] == "0"
+    assert validate_payload("whatsapp.inbound", inbound.payload) == inbound.payload
+    status = normalize_callback({**load("message-status-read.json"), "ids": [" A1 ", "\tB2"]})
+    assert status.message_ids == ("A1", "B2")
