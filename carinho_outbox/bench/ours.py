@@ -37,7 +37,7 @@ from .common import (
     python_module,
     wait_until,
 )
-from .wrk import run_wrk_many, write_batch_lua, write_lua
+from .wrk import WrkResult, run_wrk_many, write_batch_lua, write_lua
 
 # The real worker; the same with in-process no-op adapters; the same with its webhooks sent
 # through aiohttp (the client it had before adapters/http1.py) or with a sharded httpx client
@@ -333,6 +333,69 @@ class IngressRun:
     events: int
 
 
+@dataclass
+class _Driven:
+    """What wrk measured against fresh web processes, window by window, and what it cost."""
+
+    windows: list[list[WrkResult]]
+    cpu_note: str
+    rss_mb: float
+    events: int
+    per_event: float
+    pool: int
+
+    def errors(self) -> int:
+        return sum(r.non_2xx + r.socket_errors for w in self.windows for r in w)
+
+    def requests(self) -> int:
+        return sum(r.requests for w in self.windows for r in w)
+
+
+def _drive_ingress(
+    procs: Procs,
+    lua: Path,
+    *,
+    path: str,
+    web_procs: int,
+    connections: int,
+    warmup_s: float,
+    window_s: float,
+    windows: int,
+    on_running: Any,
+    events_per_request: int,
+) -> _Driven:
+    """Empty tables, `web_procs` fresh web processes, a warm-up, then `windows` wrk runs."""
+    with connect(procs.dsn) as conn:
+        conn.execute(st.TRUNCATE_OUTBOX)
+    pool = max(1, connections // web_procs)
+    webs = procs.start_webs(web_procs, pool)
+    urls = [f"http://127.0.0.1:{port}{path}" for _, port in webs]
+    pids = [c.pid for c, _ in webs]
+    meter = CpuMeter(procs.dsn, pids, "carinho-web")
+    per_window: list[list[WrkResult]] = []
+    try:
+        with RssSampler(lambda: pids) as rss:
+            run_wrk_many(urls, lua, connections=connections, duration_s=warmup_s)
+            if on_running is not None:
+                on_running(pids)
+            meter.start()
+            for _ in range(windows):
+                per_window.append(
+                    run_wrk_many(urls, lua, connections=connections, duration_s=window_s)
+                )
+            answered = sum(r.requests - r.non_2xx - r.socket_errors for w in per_window for r in w)
+            cpu_note = meter.per_item(answered * events_per_request, "event", "web")
+    finally:
+        procs.stop([c for c, _ in webs])
+    with connect(procs.dsn) as conn:
+        events = int(_scalar(conn, st.COUNT_EVENTS))
+        per_event = _scalar(
+            conn,
+            "select count(*)::float8 / greatest(1, (select count(*) from events)) from deliveries",
+        )
+    return _Driven(per_window, cpu_note, rss.peak_mb, events, per_event, pool)
+
+
 def ingress_rate(
     procs: Procs,
     keys: Keys,
@@ -345,41 +408,25 @@ def ingress_rate(
     limiter: bool = True,
     on_running: Any = None,
 ) -> IngressRun:
-    with connect(procs.dsn) as conn:
-        conn.execute(st.TRUNCATE_OUTBOX)
-    pool = max(1, connections // web_procs)
-    webs = procs.start_webs(web_procs, pool)
-    urls = [f"http://127.0.0.1:{port}/events" for _, port in webs]
     key = keys.ingest if limiter else keys.unlimited
     lua = write_lua(procs.logs / f"ingress-{'limited' if limiter else 'nolimit'}.lua", key=key)
-    rates: list[float] = []
-    errors = 0
-    meter = CpuMeter(procs.dsn, [c.pid for c, _ in webs], "carinho-web")
-    cpu_note = ""
-    try:
-        with RssSampler(lambda: [c.pid for c, _ in webs]) as rss:
-            run_wrk_many(urls, lua, connections=connections, duration_s=warmup_s)
-            if on_running is not None:
-                on_running([c.pid for c, _ in webs])
-            meter.start()
-            answered = 0.0
-            for _ in range(windows):
-                results = run_wrk_many(urls, lua, connections=connections, duration_s=window_s)
-                rates.append(sum(r.rate for r in results))
-                errors += sum(r.non_2xx + r.socket_errors for r in results)
-                answered += sum(r.requests - r.non_2xx - r.socket_errors for r in results)
-            cpu_note = meter.per_item(answered, "event", "web")
-    finally:
-        procs.stop([c for c, _ in webs])
-    with connect(procs.dsn) as conn:
-        events = int(_scalar(conn, st.COUNT_EVENTS))
-        per_event = _scalar(
-            conn,
-            "select count(*)::float8 / greatest(1, (select count(*) from events)) from deliveries",
-        )
-    note = f"{per_event:.2f} deliveries per event; DB pool {pool} per process"
-    if cpu_note:
-        note += f"; {cpu_note}"
+    run = _drive_ingress(
+        procs,
+        lua,
+        path="/events",
+        web_procs=web_procs,
+        connections=connections,
+        warmup_s=warmup_s,
+        window_s=window_s,
+        windows=windows,
+        on_running=on_running,
+        events_per_request=1,
+    )
+    rates = [sum(r.rate for r in w) for w in run.windows]
+    errors = run.errors()
+    note = f"{run.per_event:.2f} deliveries per event; DB pool {run.pool} per process"
+    if run.cpu_note:
+        note += f"; {run.cpu_note}"
     if errors:
         note += f"; {errors} non-2xx/socket errors"
     what = "key rate limit on (high quota)" if limiter else "key rate limit off"
@@ -389,7 +436,7 @@ def ingress_rate(
         "events/s",
         note,
     )
-    return IngressRun(fig, rss.peak_mb, errors, events)
+    return IngressRun(fig, run.rss_mb, errors, run.events)
 
 
 def ingress_batch_rate(
@@ -406,50 +453,36 @@ def ingress_batch_rate(
 ) -> IngressRun:
     """POST /events/batch with `per_request` events per body: events/s from wrk's 2xx answers
     (requests/s times events per request), checked against the rows in the table afterwards."""
-    with connect(procs.dsn) as conn:
-        conn.execute(st.TRUNCATE_OUTBOX)
-    pool = max(1, connections // web_procs)
-    webs = procs.start_webs(web_procs, pool)
-    urls = [f"http://127.0.0.1:{port}/events/batch" for _, port in webs]
     lua = write_batch_lua(
         procs.logs / "ingress-batch.lua", key=keys.ingest, per_request=per_request
     )
-    rates: list[float] = []
-    errors = 0
-    requests = 0
-    meter = CpuMeter(procs.dsn, [c.pid for c, _ in webs], "carinho-web")
-    cpu_note = ""
-    try:
-        with RssSampler(lambda: [c.pid for c, _ in webs]) as rss:
-            run_wrk_many(urls, lua, connections=connections, duration_s=warmup_s)
-            if on_running is not None:
-                on_running([c.pid for c, _ in webs])
-            meter.start()
-            for _ in range(windows):
-                results = run_wrk_many(urls, lua, connections=connections, duration_s=window_s)
-                failed = sum(r.non_2xx + r.socket_errors for r in results)
-                done = sum(r.requests for r in results)
-                # Only answered batches count: scale the rate by the share that succeeded.
-                ok_share = (done - failed) / done if done else 0.0
-                rates.append(sum(r.rate for r in results) * ok_share * per_request)
-                errors += failed
-                requests += done
-            cpu_note = meter.per_item((requests - errors) * per_request, "event", "web")
-    finally:
-        procs.stop([c for c, _ in webs])
-    with connect(procs.dsn) as conn:
-        events = int(_scalar(conn, st.COUNT_EVENTS))
-        per_event = _scalar(
-            conn,
-            "select count(*)::float8 / greatest(1, (select count(*) from events)) from deliveries",
-        )
-    rows = [r * (1 + per_event) for r in rates]
-    note = (
-        f"{median(rows):,.0f} rows/s written (1 event + {per_event:.2f} deliveries each); "
-        f"{events:,} events in table; DB pool {pool} per process"
+    run = _drive_ingress(
+        procs,
+        lua,
+        path="/events/batch",
+        web_procs=web_procs,
+        connections=connections,
+        warmup_s=warmup_s,
+        window_s=window_s,
+        windows=windows,
+        on_running=on_running,
+        events_per_request=per_request,
     )
-    if cpu_note:
-        note += f"; {cpu_note}"
+    rates: list[float] = []
+    for results in run.windows:
+        failed = sum(r.non_2xx + r.socket_errors for r in results)
+        done = sum(r.requests for r in results)
+        # Only answered batches count: scale the rate by the share that succeeded.
+        ok_share = (done - failed) / done if done else 0.0
+        rates.append(sum(r.rate for r in results) * ok_share * per_request)
+    errors, requests = run.errors(), run.requests()
+    rows = [r * (1 + run.per_event) for r in rates]
+    note = (
+        f"{median(rows):,.0f} rows/s written (1 event + {run.per_event:.2f} deliveries each); "
+        f"{run.events:,} events in table; DB pool {run.pool} per process"
+    )
+    if run.cpu_note:
+        note += f"; {run.cpu_note}"
     if errors:
         note += f"; {errors} non-2xx/socket errors of {requests} requests"
     fig = figure(
@@ -459,7 +492,7 @@ def ingress_batch_rate(
         "events/s",
         note,
     )
-    return IngressRun(fig, rss.peak_mb, errors, events)
+    return IngressRun(fig, run.rss_mb, errors, run.events)
 
 
 # --- latency --------------------------------------------------------------------------------
